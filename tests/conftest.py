@@ -1,0 +1,50 @@
+"""Shared fixtures: everything offline, on the CPU, with synthetic data and random weights."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_tl import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(tmp_path_factory, monkeypatch):
+    """No test may touch the user's caches: data and torch hub go to a session temp folder."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("CIFAR_TL_DATA", str(base / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> Config:
+    """A seconds-scale config: resnet18 (random) at 32 px on 200 synthetic images."""
+    return Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=200,
+                              test_size=100, epochs=2, data_root=str(tmp_path / "data"),
+                              progress=False)
+
+
+def run_cli(*args, env=None, timeout=600):
+    """python -m cifar_tl ... in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cifar_tl", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One real `run --profile smoke` for the whole session (the README's offline job)."""
+    base = tmp_path_factory.mktemp("smoke")
+    out = base / "run"
+    env = {"CIFAR_TL_DATA": str(base / "data"), "TORCH_HOME": str(base / "torch")}
+    proc = run_cli("run", "--profile", "smoke", "--out", out, "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return out, env, proc
+
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
