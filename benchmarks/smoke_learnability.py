@@ -1,6 +1,6 @@
 """Is the synthetic set learnable by a frozen random backbone + MLP head? (the smoke profile's premise)
 
-    python benchmarks/smoke_learnability.py --size 64 --epochs 15 --n-per-class 10
+python benchmarks/smoke_learnability.py --size 64 --epochs 15 --n-per-class 10
 """
 
 import argparse
@@ -37,8 +37,10 @@ def build_backbone(name: str) -> nn.Module:
 def extract(backbone: nn.Module, images: np.ndarray, size: int, flip: bool = False) -> torch.Tensor:
     out = []
     for i in range(0, len(images), 100):
-        x = torch.from_numpy(images[i:i + 100]).permute(0, 3, 1, 2)
-        x = nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = torch.from_numpy(images[i : i + 100]).permute(0, 3, 1, 2)
+        x = nn.functional.interpolate(
+            x.float(), size=(size, size), mode="bilinear", align_corners=False
+        )
         x = (x / 255.0 - MEAN) / STD
         if flip:
             x = x.flip(-1)
@@ -56,8 +58,9 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 
 
 def head(width: int, n_classes: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                         nn.Linear(256, n_classes))
+    return nn.Sequential(
+        nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, n_classes)
+    )
 
 
 def main() -> None:
@@ -67,7 +70,9 @@ def main() -> None:
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--n-test-per-class", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--backbone", choices=["efficientnet_v2_s", "resnet18"], default="efficientnet_v2_s")
+    p.add_argument(
+        "--backbone", choices=["efficientnet_v2_s", "resnet18"], default="efficientnet_v2_s"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
@@ -84,14 +89,14 @@ def main() -> None:
     t_extract = time.perf_counter() - t0
     raw_std = torch.cat([f_orig, f_flip]).std(0).median().item()
     both, f_test = standardise(torch.cat([f_orig, f_flip]), f_test)
-    views = torch.stack([both[:len(f_orig)], both[len(f_orig):]], dim=1)  # (N, 2, width)
+    views = torch.stack([both[: len(f_orig)], both[len(f_orig) :]], dim=1)  # (N, 2, width)
 
     torch.manual_seed(a.seed)
     model = head(views.shape[-1], len(synthetic.CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     y = torch.from_numpy(y_train)
     t0 = time.perf_counter()
-    for epoch in range(a.epochs):
+    for _ in range(a.epochs):
         model.train()
         view = torch.randint(0, 2, (len(y),))  # original or flipped, per sample per epoch
         feats = views[torch.arange(len(y)), view]
@@ -105,9 +110,11 @@ def main() -> None:
     with torch.inference_mode():
         acc = (model(f_test).argmax(1).numpy() == y_test).mean()
 
-    print(f"backbone={a.backbone} size={a.size} n_per_class={a.n_per_class} batch={a.batch_size} "
-          f"epochs={a.epochs} seed={a.seed} | raw feature std (median dim) {raw_std:.2e} | "
-          f"test top-1 {100 * acc:.1f}% | extract {t_extract:.1f}s train {t_train:.1f}s")
+    print(
+        f"backbone={a.backbone} size={a.size} n_per_class={a.n_per_class} batch={a.batch_size} "
+        f"epochs={a.epochs} seed={a.seed} | raw feature std (median dim) {raw_std:.2e} | "
+        f"test top-1 {100 * acc:.1f}% | extract {t_extract:.1f}s train {t_train:.1f}s"
+    )
 
 
 if __name__ == "__main__":

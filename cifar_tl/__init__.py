@@ -4,7 +4,14 @@ __version__ = "0.1.0"
 
 from . import checkpoint, data, engine, features, models, viz  # noqa: E402
 from .config import Config, resolve_device  # noqa: E402
-from .data import build_datasets, build_source, collate_fn, eval_transform, make_loader, train_transform  # noqa: E402
+from .data import (  # noqa: E402
+    build_datasets,
+    build_source,
+    collate_fn,
+    eval_transform,
+    make_loader,
+    train_transform,
+)
 from .engine import evaluate, fit, predict, train_one_epoch  # noqa: E402
 from .errors import AssetMissingError, CheckpointError, CifarTLError, ConfigError, ImageError  # noqa: E402
 from .features import FeatureLoader, cached_features, extract  # noqa: E402

@@ -6,12 +6,19 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .config import PROFILES, Config
-from .errors import CifarTLError, ConfigError
+from .errors import CifarTLError, ConfigError, one_line
 from .models import BACKBONES
+
+# What --resume may change (the rest comes from the run's config.json), and what evaluate takes
+# from --profile (the data; the model's settings always come from the checkpoint).
+RESUME_OPTIONS = ("epochs", "device", "progress", "data_root")
+EVALUATE_PROFILE_FIELDS = ("source", "test_size", "amp")
+_FLAGS = {"cache": "--no-cache", "progress": "--quiet", "standardize": "--no-standardize"}
 
 EXAMPLES = """examples:
   python -m cifar_tl run                          # the default profile (auto: full on CUDA, cpu otherwise)
@@ -73,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--no-standardize", dest="standardize", action="store_const", const=False,
                    help="feed raw features to the head, as the tutorial did (random backbones then fail)")
-    r.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    r.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted run in DIR with its settings (--epochs N trains a finished one longer)")
+    r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
-    e = sub.add_parser("evaluate", **quiet, help="evaluate a saved head on its test split")
+    e = sub.add_parser("evaluate", **quiet, help="evaluate a saved head on its test split",
+                       description="Evaluate a saved head. The model's settings come from the checkpoint; "
+                                   "--profile only picks the data (source, test size).")
     e.add_argument("--checkpoint", required=True)
     data_model_args(e)
 
@@ -97,15 +108,39 @@ def _overrides(a) -> dict:
     return {k: v for k, v in vars(a).items() if k in fields}
 
 
+def _flag(dest: str) -> str:
+    return _FLAGS.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _default_out() -> Path:
+    """runs/<timestamp>, made unique: two runs started in the same second get their own folders."""
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
 def _run(a) -> int:
     from . import pipeline
 
     if "resume" in a:
-        pipeline.run(Config(), a.resume, resume=True)
+        given = set(vars(a)) - {"command", "resume"}
+        fixed = sorted(given - set(RESUME_OPTIONS))
+        if fixed:
+            raise ConfigError(f"--resume continues {a.resume} with the settings it was started with; drop "
+                              f"{', '.join(map(_flag, fixed))} (only {', '.join(map(_flag, RESUME_OPTIONS))} "
+                              "may be given)")
+        pipeline.run(None, a.resume, resume=True, **{k: getattr(a, k) for k in given})
         return 0
-    cfg = Config.for_profile(getattr(a, "profile", None)).replace(**_overrides(a))
-    out = getattr(a, "out", None) or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    pipeline.run(cfg, out)
+    try:
+        cfg = Config.for_profile(getattr(a, "profile", None)).replace(**_overrides(a))
+    except ConfigError as e:
+        env = os.environ.get("CIFAR_TL_PROFILE")
+        raise ConfigError(f"{e} (from $CIFAR_TL_PROFILE)" if "profile" not in a and env else str(e)) from None
+    out = getattr(a, "out", None) or _default_out()
+    pipeline.run(cfg, out, overwrite="overwrite" in a)
     return 0
 
 
@@ -114,7 +149,8 @@ def _evaluate(a) -> int:
 
     o = _overrides(a)
     if "profile" in a:
-        o = {**Config.for_profile(a.profile).to_dict(), **o}
+        profile = Config.for_profile(a.profile)
+        o = {**{k: getattr(profile, k) for k in EVALUATE_PROFILE_FIELDS}, **o}
     m = pipeline.evaluate_checkpoint(a.checkpoint, **o)
     print(f"test accuracy {m['test_accuracy']:.4f}, top-5 {m['test_top5']:.4f} on {m['n_test']} images ({m['source']})")
     return 0
@@ -126,7 +162,7 @@ def _predict(a) -> int:
     failed = 0
     for path, result in pipeline.predict_files(a.checkpoint, a.images, device=a.device):
         if isinstance(result, str):
-            print(f"error: {result}", file=sys.stderr)
+            print(f"error: {one_line(result, 2000)}", file=sys.stderr)
             failed += 1
             continue
         print(path)
@@ -151,19 +187,31 @@ def _download(a) -> int:
     return 0
 
 
+def _sigterm(signum, frame):
+    """SIGTERM (a closed Colab tab, `kill`) stops a job like Ctrl-C: completed epochs are kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a known failure is one line on stderr: exit 2 for bad arguments, else 1."""
     args = build_parser().parse_args(argv)
-    # SIGTERM (a closed Colab tab, `kill`) stops training like Ctrl-C: completed epochs are kept.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     handler = {"run": _run, "evaluate": _evaluate, "predict": _predict, "download": _download}[args.command]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
         return handler(args)
     except ConfigError as e:
-        print(f"python -m cifar_tl: error: {e}", file=sys.stderr)
+        print(f"python -m cifar_tl {args.command}: error: {one_line(e, 2000)}", file=sys.stderr)
         return 2
     except CifarTLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e, 2000)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted before any epoch completed; nothing to keep", file=sys.stderr)
+    except KeyboardInterrupt:  # run turns it into Interrupted; this is evaluate, predict, download
+        print(f"error: interrupted: {args.command} did not finish; run it again", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `predict ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
+import tempfile
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -14,7 +18,7 @@ import torchvision
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torchvision import transforms as T
 
-from .errors import AssetMissingError, ConfigError, ImageError
+from .errors import AssetMissingError, ConfigError, ImageError, one_line
 from .synthetic import FINE_TO_COARSE, SyntheticCIFAR
 
 # The ImageNet statistics the pretrained backbones were trained with (the tutorial's Normalize).
@@ -71,43 +75,88 @@ def open_image(path: str | Path) -> Image.Image:
     """Open any image file as an upright 8-bit RGB PIL image, or raise ImageError naming the file.
 
     Handles grayscale, 16-bit, palette, CMYK, alpha (composited on white), EXIF rotation and
-    animated files (first frame).
+    animated files (first frame). Images above PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, 89 megapixels by default) are refused, not decoded.
     """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty")
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's notes on odd EXIF or metadata: the pixels are fine
+            # PIL only warns between 1x and 2x its pixel limit: refuse there too, in one line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.seek(0)  # animated GIF, WebP or PNG: the first frame
+                return to_rgb(_upright(im))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageError(_too_large(path, e)) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (or in a format PIL cannot read)") from None
+    except PermissionError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror})") from None
+    except Exception as e:  # truncated or corrupt data: whatever the decoder raised
+        raise ImageError(
+            f"{path}: not a readable image, truncated or damaged ({e.__class__.__name__}: {one_line(e, 120)})"
+        ) from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phones store photos sideways and set a tag); a damaged EXIF
+    block is ignored rather than refusing the picture."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:
+        return im
+    return ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
+
+
+def _too_large(path: Path, e: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    return (f"{path}: {size}, more than the {limit / 1e6:.0f} megapixels PIL decodes safely (a guard "
+            "against decompression bombs): shrink the image first, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB (loading the pixels, so truncation errors surface here)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 0..255 rather than clipping (PIL's convert("L") clips).
+    """Convert any PIL mode to 8-bit RGB (loading the pixels, so truncation errors surface here).
+
+    16-bit grayscale is scaled, not clipped; float images are read as 0..1 (or 0..255); alpha
+    (and palette transparency) is composited on white, as a viewer shows it.
+    """
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        im = _gray8(np.asarray(im, dtype=np.float64) / 65535)
+    elif im.mode == "I":  # 32-bit integers: PIL uses this mode for 8- and 16-bit data alike
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        im = Image.fromarray((a / top * 255).round().clip(0, 255).astype(np.uint8), "L")
+        im = _gray8(a / (65535.0 if a.max() > 255 else 255.0))
     elif im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray((a.clip(0, 1) * 255).round().astype(np.uint8), "L")
-    if im.mode == "P" and "transparency" in im.info:
+        with np.errstate(all="ignore"):
+            a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            im = _gray8(a if a.max() <= 1 else a / 255)
+    elif im.mode == "La":  # premultiplied: PIL converts it only to LA
+        im = im.convert("LA")
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:  # a transparent colour
         im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if im.mode in ("RGBA", "LA", "PA", "RGBa"):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)
     rgb = im.convert("RGB")
     rgb.load()
     return rgb
+
+
+def _gray8(a: np.ndarray) -> Image.Image:
+    """Values in [0, 1] (clipped) -> an 8-bit grayscale image."""
+    return Image.fromarray((a.clip(0, 1) * 255).round().astype(np.uint8))
 
 
 # --------------------------------------------------------------------------- sources
@@ -142,32 +191,61 @@ def cifar100(root: str | Path, train: bool, download: bool = True):
     root = Path(root)
     try:
         ds = torchvision.datasets.CIFAR100(root=str(root), train=train, download=False)
-    except RuntimeError:
+    except OSError as e:  # present but unreadable (permissions, a damaged disk)
+        raise AssetMissingError(
+            f"CIFAR-100 in {root} cannot be read ({e.strerror or e.__class__.__name__}): fix its "
+            "permissions, or set CIFAR_TL_DATA or --data-root to another folder"
+        ) from None
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted"
         if not download:
             raise AssetMissingError(
-                f"CIFAR-100 is not in {root}: run `python -m cifar_tl download --root {root}` "
+                f"CIFAR-100 is not in {root}: run `python -m cifar_tl download --root {root.parent}` "
                 "on a machine with internet, or use --profile smoke (offline synthetic data)"
             ) from None
+        _check_writable(root)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _socket_timeout(60):
                 warnings.simplefilter("ignore")
                 ds = torchvision.datasets.CIFAR100(root=str(root), train=train, download=True)
-        except PermissionError:
-            raise AssetMissingError(
-                f"cannot write CIFAR-100 to {root} (read-only): set CIFAR_TL_DATA or --data-root "
-                "to a writable folder"
-            ) from None
-        except Exception as e:  # URLError, socket errors, checksum failures
+        except Exception as e:  # URLError, socket errors, timeouts, checksum failures, full disk
             raise AssetMissingError(
                 f"CIFAR-100 is not in {root} and could not be downloaded ({e.__class__.__name__}: "
-                f"{e}): run `python -m cifar_tl download` on a machine with internet and copy "
-                f"{root} here, or use --profile smoke (offline synthetic data)"
+                f"{one_line(e, 120)}): run `python -m cifar_tl download` on a machine with internet "
+                f"and copy the folder to {root} (or set CIFAR_TL_DATA), or use --profile smoke "
+                "(offline synthetic data)"
             ) from None
     meta = cifar100_meta()
     ds.coarse_classes = list(meta["coarse"])
     ds.fine_to_coarse = list(meta["fine_to_coarse"])
     ds.coarse_targets = [ds.fine_to_coarse[t] for t in ds.targets]
     return ds
+
+
+def _check_writable(root: Path) -> None:
+    """Before a download: say in one line that the data folder cannot be written, rather than
+    failing halfway through the download with an OSError."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise AssetMissingError(
+            f"CIFAR-100 is not in {root}, and that folder cannot be written to download it "
+            f"({e.strerror or e.__class__.__name__}): set CIFAR_TL_DATA or --data-root to a writable "
+            "folder, or copy a cifar100/ folder made by `python -m cifar_tl download` there, or use "
+            "--profile smoke (offline synthetic data)"
+        ) from None
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    """A stalled network (a classroom proxy, a captive portal) fails after ``seconds`` instead of hanging."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 def image_folder(path: str | Path, train: bool, seed: int = 0, test_fraction: float = 0.2):

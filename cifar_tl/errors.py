@@ -17,5 +17,15 @@ class ImageError(CifarTLError):
     """A file given as an image cannot be read as one."""
 
 
+class Interrupted(CifarTLError):
+    """Ctrl-C, a kernel interrupt or SIGTERM stopped a job; what was completed is on disk."""
+
+
 class ConfigError(CifarTLError, ValueError):
     """An argument or configuration value is invalid (the CLI exits 2)."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as a single line of at most ``limit`` characters (for messages quoting other errors)."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."

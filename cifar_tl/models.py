@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -47,11 +47,17 @@ def weights_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _load_classifier(name: str, weights: str | None) -> nn.Module:
-    """The full torchvision classifier with the requested weights."""
+def _load_classifier(name: str, weights: str | None, seed: int = 0) -> nn.Module:
+    """The full torchvision classifier with the requested weights.
+
+    Random weights are drawn from ``seed`` alone (not from the global RNG's current state), so
+    ``evaluate`` and ``predict`` rebuild exactly the backbone a random-weights head was trained on.
+    """
     spec = check_backbone(name)
     if weights is None or weights == "none" or weights == "random":
-        return spec.builder(weights=None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return spec.builder(weights=None)
     if weights == "imagenet":
         try:
             return spec.builder(weights=spec.weights)
@@ -75,13 +81,15 @@ def _load_classifier(name: str, weights: str | None) -> nn.Module:
     return model
 
 
-def build_backbone(name: str = "efficientnet_v2_s", weights: str | None = "imagenet") -> nn.Module:
+def build_backbone(name: str = "efficientnet_v2_s", weights: str | None = "imagenet",
+                   seed: int = 0) -> nn.Module:
     """A frozen, eval-mode module mapping images [B,3,H,W] to pooled features [B, num_features].
 
     Like timm's ``num_classes=0``: the classifier is dropped, and the feature width is read
     from the classifier's first Linear layer (``backbone.num_features``), not typed in.
+    ``seed`` only matters for random weights (``weights=None``).
     """
-    m = _load_classifier(name, weights)
+    m = _load_classifier(name, weights, seed)
     if isinstance(m, tvm.ResNet):
         width = m.fc.in_features
         m.fc = nn.Identity()
@@ -154,7 +162,7 @@ class TransferModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, num_classes: int = 100) -> TransferModel:
-        backbone = build_backbone(cfg.backbone, cfg.weights)
+        backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed)
         head = MLPHead(backbone.num_features, num_classes, cfg.hidden, cfg.standardize)
         return cls(backbone, head)
 

@@ -9,14 +9,30 @@ from PIL import Image
 # Ten saturated foreground hues, in degrees on the HSV wheel. The first five are "warm", the
 # last five "cool"; the superclasses below use that split.
 HUES: tuple[str, ...] = (
-    "magenta", "red", "orange", "yellow", "lime",
-    "green", "teal", "cyan", "blue", "violet",
+    "magenta",
+    "red",
+    "orange",
+    "yellow",
+    "lime",
+    "green",
+    "teal",
+    "cyan",
+    "blue",
+    "violet",
 )
 _HUE_DEGREES = np.array([320, 0, 30, 58, 90, 125, 160, 188, 225, 268], dtype=np.float32)
 
 TEXTURES: tuple[str, ...] = (
-    "hstripes", "vstripes", "diagonal", "checker", "dots",
-    "disc", "ring", "cross", "gradient", "grid",
+    "hstripes",
+    "vstripes",
+    "diagonal",
+    "checker",
+    "dots",
+    "disc",
+    "ring",
+    "cross",
+    "gradient",
+    "grid",
 )
 
 # Fine class index = hue_index * 10 + texture_index (hue-major), e.g. 13 = "red checker".
@@ -68,7 +84,9 @@ def _masks(texture: int, p: dict[str, np.ndarray], y: np.ndarray, x: np.ndarray)
     return m.astype(np.float32)
 
 
-def _generate(rng: np.random.Generator, n_per_class: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _generate(
+    rng: np.random.Generator, n_per_class: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     n_classes = len(CLASSES)
     labels = rng.permutation(np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class))
     n = labels.size
@@ -82,8 +100,10 @@ def _generate(rng: np.random.Generator, n_per_class: int, size: int) -> tuple[np
     bg = _hsv_to_rgb(u(0, 360), u(0.0, 0.25), u(0.05, 0.35))  # dull, dark, any hue
     params = {
         "period": size * u(0.28, 0.38),
-        "phase_x": u(0, size), "phase_y": u(0, size),
-        "cx": size * u(0.35, 0.65), "cy": size * u(0.35, 0.65),
+        "phase_x": u(0, size),
+        "phase_y": u(0, size),
+        "cx": size * u(0.35, 0.65),
+        "cy": size * u(0.35, 0.65),
         "radius": size * u(0.25, 0.38),
         "width": size * u(0.08, 0.12),
         "angle": u(0, 2 * np.pi),
@@ -127,8 +147,14 @@ class SyntheticCIFAR(torch.utils.data.Dataset):
     with ``(seed, train)``.
     """
 
-    def __init__(self, train: bool = True, n_per_class: int = 10, seed: int = 0,
-                 transform=None, target_transform=None):
+    def __init__(
+        self,
+        train: bool = True,
+        n_per_class: int = 10,
+        seed: int = 0,
+        transform=None,
+        target_transform=None,
+    ):
         self.train = train
         self.transform = transform
         self.target_transform = target_transform

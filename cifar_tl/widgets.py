@@ -1,0 +1,309 @@
+"""Interactive notebook UIs (ipywidgets); each falls back to a static matplotlib figure in batch runs.
+
+A UI is interactive only in a live kernel with ipywidgets installed and a person at the other end.
+Under nbval, papermill or ``jupyter nbconvert --execute`` nobody can move a slider, and a widget
+without a frontend would leave no picture in the saved notebook, so each function then draws its
+default state as a plain figure instead. ``CIFAR_TL_WIDGETS=static`` (or ``interactive``) forces
+the choice; ``notebooks/conftest.py`` sets ``static`` for nbval.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data, engine, viz
+from .features import FeatureLoader
+from .models import MLPHead
+
+BATCH_RUNNERS = ("pytest", "papermill", "nbconvert", "nbclient", "nbval")
+
+
+def _parent_command() -> list[str]:
+    """The command line of the process that started this kernel ([] where it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:  # not Linux: rely on CIFAR_TL_WIDGETS
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+def _batch_runner(argv: list[str]) -> bool:
+    """Whether a command line runs a batch runner: ``pytest``, ``python -m papermill``, ``jupyter-nbconvert``...
+
+    Only the program (or the module after ``-m``) counts, never its arguments.
+    """
+    if not argv:
+        return False
+    prog = argv[0]
+    if Path(prog).name.lower().startswith("python") and len(argv) > 1:
+        prog = argv[2] if argv[1] == "-m" and len(argv) > 2 else argv[1]
+    return Path(prog).name.lower().removeprefix("jupyter-").startswith(BATCH_RUNNERS)
+
+
+def is_interactive() -> bool:
+    """True when a widget can be shown to a person: a live Jupyter kernel, ipywidgets, no batch runner."""
+    mode = os.environ.get("CIFAR_TL_WIDGETS", "auto").strip().lower()
+    if mode in ("0", "off", "false", "static", "no"):
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":  # terminal IPython, scripts
+        return False
+    if mode in ("1", "on", "true", "interactive", "yes"):
+        return True
+    return not _batch_runner(_parent_command())
+
+
+def _decide(interactive: bool | None) -> bool:
+    return is_interactive() if interactive is None else bool(interactive)
+
+
+def _figure(figsize):
+    """A Figure outside pyplot: displayed once when returned, never again by the inline backend."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def _show_in(out, fig) -> None:
+    from IPython.display import clear_output, display
+
+    with out:
+        clear_output(wait=True)
+        display(fig)
+
+
+# --------------------------------------------------------------------------- dataset browser
+def raw_image(ds, i: int):
+    """Sample i of a source as it is stored, before any transform: uint8 HWC or a PIL image."""
+    if getattr(ds, "data", None) is not None:
+        return ds.data[i]
+    return data.open_image(ds.samples[i][0])
+
+
+def _label(ds, i: int) -> str:
+    fine = ds.classes[ds.targets[i]]
+    coarse = getattr(ds, "coarse_targets", None)
+    return f"{fine}\n[{ds.coarse_classes[coarse[i]]}]" if coarse is not None else fine
+
+
+def draw_sample(ds, i: int, transform=None, fig=None):
+    """Sample i: the stored image and, with a transform, what the model receives. Returns the figure."""
+    fig = fig or _figure((6 if transform else 3, 3.3))
+    fig.clear()
+    axes = fig.subplots(1, 2 if transform else 1, squeeze=False)[0]
+    img = raw_image(ds, i)
+    viz.show_image(img, axes[0], f"#{i}: {_label(ds, i)}")
+    if transform is not None:
+        from PIL import Image
+
+        pil = Image.fromarray(img) if isinstance(img, np.ndarray) else img
+        x = transform(pil)
+        viz.show_image(x, axes[1], f"after the transform: {tuple(x.shape)}")
+    fig.tight_layout()
+    return fig
+
+
+def dataset_browser(ds, transform=None, n_static: int = 8, interactive: bool | None = None):
+    """Browse a source by index, optionally filtered to one class.
+
+    Interactive: an index slider, a class filter and the image (before/after ``transform``).
+    Static: a figure of the first ``n_static`` samples with their fine and coarse labels.
+    Returns the widget or the figure.
+    """
+    if not _decide(interactive):
+        fig = _figure((1.7 * n_static, 2.3))
+        for ax, i in zip(fig.subplots(1, n_static), range(n_static)):
+            viz.show_image(raw_image(ds, i), ax, _label(ds, i))
+        fig.suptitle(f"the first {n_static} of {len(ds)} samples (static view of the browser)", fontsize=9)
+        fig.tight_layout()
+        return fig
+    import ipywidgets as W
+
+    targets = np.asarray(ds.targets)
+    choice = W.Dropdown(options=[("all classes", -1)] + [(c, k) for k, c in enumerate(ds.classes)],
+                        value=-1, description="class")
+    slider = W.IntSlider(0, 0, len(ds) - 1, description="index", continuous_update=False)
+    out = W.Output()
+    fig = _figure((6 if transform else 3, 3.3))
+
+    def indices():
+        return np.arange(len(ds)) if choice.value < 0 else np.flatnonzero(targets == choice.value)
+
+    def redraw(*_):
+        idx = indices()
+        _show_in(out, draw_sample(ds, int(idx[min(slider.value, len(idx) - 1)]), transform, fig))
+
+    def refilter(*_):
+        slider.value, slider.max = 0, max(len(indices()) - 1, 0)
+        redraw()
+
+    choice.observe(refilter, "value")
+    slider.observe(redraw, "value")
+    redraw()
+    return W.VBox([W.HBox([choice, slider]), out])
+
+
+# --------------------------------------------------------------------------- your own image
+def top_k(model, image, image_size: int, device="cpu", k: int = 5):
+    """Top-k (probabilities, class indices) for one image: a path, PIL image or uint8 HWC array.
+
+    Uses the evaluation transform (no flip), as ``python -m cifar_tl predict`` does.
+    """
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        image = data.open_image(image)
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    x = data.eval_transform(image_size)(data.to_rgb(image))[None]
+    probs, idx = engine.predict(model, x, device, k)
+    return probs[0], idx[0]
+
+
+def draw_prediction(image, probs, idx, class_names, title: str = "", fig=None):
+    """The image beside its top-k bar chart. Returns the figure."""
+    fig = fig or _figure((7.5, 2.8))
+    fig.clear()
+    a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+    viz.show_image(image, a, title)
+    viz.plot_topk(probs, idx, class_names, b, f"top-{len(idx)}")
+    fig.tight_layout()
+    return fig
+
+
+def _open_upload(value) -> tuple[str, object]:
+    """(name, RGB PIL image) from a FileUpload value (ipywidgets 8 tuple or 7 dict)."""
+    item = value[0] if isinstance(value, (tuple, list)) else next(iter(value.values()))
+    name = item.get("name") or item.get("metadata", {}).get("name", "upload")
+    content = bytes(item["content"])
+    suffix = Path(name).suffix or ".img"
+    with tempfile.TemporaryDirectory() as tmp:  # open_image gives EXIF rotation and clear errors
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(content)
+        return name, data.open_image(path)
+
+
+def upload_predictor(model, class_names, image_size: int, device="cpu", example=None,
+                     interactive: bool | None = None):
+    """Upload a photo, see the model's top-5 classes.
+
+    Interactive: a FileUpload button and the chart for each upload (``example`` shown first).
+    Static: the chart for ``example`` (a path, PIL image or uint8 array). Returns the widget or figure.
+    """
+    def chart(image, title, fig=None):
+        probs, idx = top_k(model, image, image_size, device)
+        shown = data.open_image(image) if isinstance(image, (str, Path)) else image
+        return draw_prediction(shown, probs, idx, class_names, title, fig)
+
+    if not _decide(interactive):
+        if example is None:
+            raise ValueError("a static upload_predictor needs an example image")
+        return chart(example, "example (static view)")
+    import ipywidgets as W
+
+    upload = W.FileUpload(accept="image/*", multiple=False, description="your image")
+    out, fig = W.Output(), _figure((7.5, 2.8))
+    if example is not None:
+        _show_in(out, chart(example, "example", fig))
+
+    def on_upload(change):
+        if not change["new"]:
+            return
+        try:
+            name, image = _open_upload(change["new"])
+            _show_in(out, chart(image, name, fig))
+        except Exception as e:  # a bad file must not kill the UI: say what went wrong
+            with out:
+                print(f"cannot use this file: {e}")
+
+    upload.observe(on_upload, "value")
+    return W.VBox([upload, out])
+
+
+# --------------------------------------------------------------------------- head explorer
+def train_head(train, test, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,
+               batch_size: int = 32, seed: int = 0, device="cpu", num_classes: int | None = None,
+               on_epoch_end=None):
+    """Train a fresh MLP head on cached features in seconds. Returns (head, history).
+
+    ``train`` and ``test`` are (features [N,V,D], targets [N]) from ``features.cached_features``.
+    """
+    (tr_f, tr_y), (te_f, te_y) = train, test
+    torch.manual_seed(seed)
+    num_classes = num_classes or int(max(tr_y.max(), te_y.max())) + 1
+    head = MLPHead(tr_f.shape[-1], num_classes, hidden=(hidden,) * depth)
+    head.standardizer.fit_stats(tr_f)
+    history = engine.fit(
+        head, FeatureLoader(tr_f, tr_y, batch_size, train=True, seed=seed, device=device),
+        FeatureLoader(te_f, te_y, 512, train=False, device=device),
+        epochs=epochs, lr=lr, device=device, seed=seed, progress=False, on_epoch_end=on_epoch_end)
+    return head, history
+
+
+def _explorer_title(hidden, depth, lr, history) -> str:
+    last = history[-1] if history else {}
+    return (f"head {'-'.join(['D'] + [str(hidden)] * depth + ['C'])}, lr {lr:g}: "
+            f"test accuracy {last.get('test_accuracy', float('nan')):.1%}")
+
+
+def head_explorer(train, test, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,
+                  batch_size: int = 32, device="cpu", interactive: bool | None = None):
+    """Retrain the head on cached features with your own hidden size, depth, learning rate and epochs.
+
+    Interactive: sliders, a Train button and a curve redrawn after every epoch.
+    Static: one training with the given values and its curve. Returns the widget or the figure.
+    """
+    if not _decide(interactive):
+        _, history = train_head(train, test, hidden=hidden, depth=depth, lr=lr, epochs=epochs,
+                                batch_size=batch_size, device=device)
+        live = viz.LiveHistory(epochs, _explorer_title(hidden, depth, lr, history) + " (static view)")
+        live.history = history
+        return live.figure()
+    import ipywidgets as W
+
+    w_hidden = W.IntSlider(hidden, 16, 1024, 16, description="hidden")
+    w_depth = W.IntSlider(depth, 0, 4, description="depth")
+    w_lr = W.FloatLogSlider(lr, base=10, min=-5, max=-1, description="lr", readout_format=".0e")
+    w_epochs = W.IntSlider(epochs, 1, 50, description="epochs")
+    button, out = W.Button(description="Train", button_style="primary"), W.Output()
+
+    def run(*_):
+        button.disabled = True
+        try:
+            live = viz.LiveHistory(w_epochs.value)
+
+            def redraw(row, *_):
+                live.history.append(row)
+                live.title = _explorer_title(w_hidden.value, w_depth.value, w_lr.value, live.history)
+                _show_in(out, live.figure())
+
+            train_head(train, test, hidden=w_hidden.value, depth=w_depth.value, lr=w_lr.value,
+                       epochs=w_epochs.value, batch_size=batch_size, device=device, on_epoch_end=redraw)
+        finally:
+            button.disabled = False
+
+    button.on_click(run)
+    with out:
+        print("choose the head's shape and press Train")
+    return W.VBox([W.HBox([w_hidden, w_depth]), W.HBox([w_lr, w_epochs]), button, out])
+
+
+def upload_bytes_value(name: str, content: bytes) -> tuple[dict, ...]:
+    """A FileUpload-shaped value (ipywidgets 8) for tests and for feeding a file programmatically."""
+    return ({"name": name, "type": "", "size": len(content), "content": memoryview(content),
+             "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+
+
+__all__ = ["dataset_browser", "draw_prediction", "draw_sample", "head_explorer", "is_interactive",
+           "raw_image", "top_k", "train_head", "upload_bytes_value", "upload_predictor"]

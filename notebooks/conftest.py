@@ -1,0 +1,75 @@
+"""nbval runs every notebook offline in the smoke profile, and reports each notebook's wall time.
+
+The environment is set just before a notebook's first cell starts its kernel (which inherits it),
+and put back before any other test, so the unit tests in tests/ never see it.
+"""
+
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+
+import pytest
+
+# The smoke profile whatever the shell says: a notebook run under pytest must stay offline and
+# quick, even for a user whose CIFAR_TL_PROFILE names full or cpu (papermill is for those).
+NOTEBOOK_ENV = {"CIFAR_TL_PROFILE": "smoke", "CIFAR_TL_WIDGETS": "static"}
+
+_saved: dict[str, str | None] = {}
+_data_root: list[str] = []
+_seconds: dict[str, float] = defaultdict(float)
+
+
+def _is_notebook(item) -> bool:
+    return str(item.fspath).endswith(".ipynb")
+
+
+def _apply(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        _saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+
+def _restore() -> None:
+    for key, value in _saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _saved.clear()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if not _is_notebook(item):
+        _restore()
+        return
+    env = dict(NOTEBOOK_ENV)
+    if not os.environ.get("CIFAR_TL_DATA") or "CIFAR_TL_DATA" in _saved:
+        # Never the user's cache: one folder for the session, so notebooks share extracted features.
+        if not _data_root:
+            _data_root.append(tempfile.mkdtemp(prefix="cifar_tl_nbval_"))
+        env["CIFAR_TL_DATA"] = _data_root[0]
+    _apply(env)
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::", 1)[0]
+    if path.endswith(".ipynb"):
+        _seconds[path] += report.duration
+
+
+def pytest_sessionfinish(session):
+    _restore()
+    for root in _data_root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _seconds:
+        return
+    tr = terminalreporter
+    tr.section("notebook wall time (kernel start and every cell)")
+    for path, seconds in sorted(_seconds.items()):
+        tr.write_line(f"{seconds:7.1f} s  {path}")
+    tr.write_line(f"{sum(_seconds.values()):7.1f} s  total")

@@ -1,0 +1,157 @@
+"""The notebook helpers: plots return what they promise, widgets fall back to figures and survive no frontend."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cifar_tl import models, viz, widgets  # noqa: E402
+from cifar_tl.synthetic import SyntheticCIFAR  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    matplotlib.pyplot.close("all")
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return SyntheticCIFAR(train=False, n_per_class=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    backbone = models.build_backbone("resnet18", weights=None)
+    return models.TransferModel(backbone, models.MLPHead(backbone.num_features, 100, hidden=(8,)))
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_class_distribution_has_one_bar_per_class():
+    ax = viz.plot_class_distribution([0, 1, 1, 2, 2, 2], ["a", "b", "c"])
+    assert [p.get_height() for p in ax.patches] == [1, 2, 3]
+
+
+def test_pixel_histogram_does_not_unnormalise():
+    x = torch.full((3, 4, 4), -1.5)
+    ax = viz.plot_pixel_histogram(x)
+    assert "mean -1.50" in ax.get_title()
+    assert viz.plot_pixel_histogram(Image.new("RGB", (4, 4), (255, 0, 0))) is not None
+
+
+def test_feature_maps_shows_n_channels_of_a_batched_map():
+    fig = viz.show_feature_maps(torch.randn(1, 10, 5, 5), n=4)
+    assert len(fig.axes) == 4 and "10 channels of 5x5" in fig._suptitle.get_text()
+
+
+def test_embedding_colours_each_label_and_names_it():
+    ax = viz.plot_embedding(torch.randn(30, 2), [0] * 10 + [1] * 10 + [2] * 10, ["x", "y", "z"])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y", "z"]
+
+
+def test_topk_puts_the_best_class_on_top():
+    ax = viz.plot_topk(torch.tensor([0.7, 0.2, 0.1]), torch.tensor([2, 0, 1]), ["a", "b", "c"])
+    labels = {t.get_position()[1]: t.get_text() for t in ax.get_yticklabels()}
+    assert labels[max(labels)] == "c" and labels[min(labels)] == "b"
+
+
+def test_predictions_are_green_when_right_and_red_when_wrong():
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    fig = viz.show_predictions(images, [1, 0], [1, 1], [0.9, 0.6], ["zero", "one"], ncols=2)
+    colours = [ax.title.get_color() for ax in fig.axes[:2]]
+    assert colours == ["tab:green", "tab:red"]
+    assert "one (90%)" in fig.axes[0].get_title() and "true: one" in fig.axes[1].get_title()
+
+
+def test_timings_label_every_bar():
+    ax = viz.plot_timings({"slow": 10.0, "fast": 1.0})
+    assert len(ax.patches) == 2 and {t.get_text().strip() for t in ax.texts} == {"10.0 s", "1.0 s"}
+
+
+def test_transfer_diagram_reads_its_sizes():
+    ax = viz.draw_transfer_learning(width=512, hidden=(64,), num_classes=7)
+    assert any("512-64-7" in t.get_text() for t in ax.texts)
+
+
+def test_live_history_prints_outside_a_notebook_and_keeps_rows(capsys):
+    live = viz.LiveHistory(epochs=3)
+    for epoch in (1, 2):
+        live({"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 0.5}, None, None)
+    assert len(live.history) == 2 and "epoch 2" in capsys.readouterr().out
+    fig = live.figure()
+    assert isinstance(fig, Figure) and fig.axes[0].get_xlim() == (0.5, 3.5)
+
+
+def test_not_interactive_outside_a_kernel_or_when_forced_static(monkeypatch):
+    assert not widgets.is_interactive()  # pytest is no Jupyter kernel
+    monkeypatch.setenv("CIFAR_TL_WIDGETS", "static")
+    assert not widgets.is_interactive()
+
+
+def test_static_browser_is_a_figure_of_labelled_images(ds):
+    fig = widgets.dataset_browser(ds, n_static=4, interactive=False)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    assert fig.axes[0].get_title().startswith(ds.classes[ds.targets[0]])
+
+
+def test_interactive_browser_works_without_a_frontend(ds):
+    from cifar_tl.data import eval_transform
+
+    box = widgets.dataset_browser(ds, transform=eval_transform(32), interactive=True)
+    choice, slider = box.children[0].children
+    slider.value = 3
+    choice.value = ds.targets[7]
+    assert slider.value == 0 and slider.max == 0  # one image of that class in this split
+
+
+def test_top_k_and_static_upload_chart(ds, tiny_model):
+    probs, idx = widgets.top_k(tiny_model, ds.data[0], 32)
+    assert probs.shape == idx.shape == (5,) and torch.all(probs[:-1] >= probs[1:])
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[0], interactive=False)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+
+
+def test_upload_handles_good_and_bad_files(ds, tiny_model, capsys):
+    box = widgets.upload_predictor(tiny_model, ds.classes, 32, interactive=True)
+    upload = box.children[0]
+    upload.value = widgets.upload_bytes_value("photo.png", _png(ds.data[0]))
+    upload.value = widgets.upload_bytes_value("broken.png", b"not an image")
+    assert "cannot use this file" in capsys.readouterr().out
+
+
+def test_head_explorer_static_trains_once_and_interactive_trains_on_click():
+    torch.manual_seed(0)
+    y = torch.arange(64) % 4
+    feats = torch.randn(64, 2, 16) + 3 * torch.nn.functional.one_hot(y, 16).float()[:, None]
+    fig = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=1, epochs=3, interactive=False)
+    assert isinstance(fig, Figure) and "test accuracy" in fig.axes[0].get_title()
+    head, history = widgets.train_head((feats, y), (feats, y), hidden=16, depth=1, epochs=5, lr=1e-2, batch_size=8)
+    assert len(history) == 5 and history[-1]["test_accuracy"] > 0.9
+    box = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=0, epochs=2, interactive=True)
+    box.children[2].click()
+    assert not box.children[2].disabled
+
+
+@pytest.mark.parametrize("argv, batch", [
+    (["/v/bin/python", "-m", "pytest", "--nbval-lax", "notebooks"], True),
+    (["/v/bin/python", "/v/bin/papermill", "in.ipynb", "out.ipynb"], True),
+    (["/v/bin/python", "/v/bin/jupyter-nbconvert", "--execute", "x.ipynb"], True),
+    (["/v/bin/python", "/v/bin/jupyter-lab", "/home/me/pytest-notes"], False),  # arguments do not count
+    (["/v/bin/python", "-m", "ipykernel_launcher", "-f", "k.json"], False),
+    ([], False),
+])
+def test_batch_runners_are_recognised_by_program_name(argv, batch):
+    assert widgets._batch_runner(argv) is batch
