@@ -66,13 +66,10 @@ def fast_path(backbone, ds, args) -> dict:
         assert not info["hit"]
     head.standardizer.fit_stats(feats)
     loader = features.FeatureLoader(feats, targets, args.batch_size, train=True, seed=args.seed)
-    threads = torch.get_num_threads()
-    if args.head_threads:
-        torch.set_num_threads(args.head_threads)
     t2 = time.perf_counter()
-    hist = engine.fit(head, loader, None, epochs=args.epochs, seed=args.seed, progress=False)
+    with features.head_threads("cpu", args.head_threads or torch.get_num_threads()):
+        hist = engine.fit(head, loader, None, epochs=args.epochs, seed=args.seed, progress=False)
     t3 = time.perf_counter()
-    torch.set_num_threads(threads)
     return {"seconds": t3 - t0, "extract": t1 - t0, "train": t3 - t2,
             "train_accuracy": hist[-1]["train_accuracy"]}
 
@@ -85,7 +82,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="head training batch, both paths (the tutorial's 8)")
     p.add_argument("--backbone", default="efficientnet_v2_s")
     p.add_argument("--extract-batch", type=int, default=None, help="images per extraction batch (default: features.default_extract_batch)")
-    p.add_argument("--head-threads", type=int, default=0, help="torch threads while the head trains on cached features (0: unchanged)")
+    p.add_argument("--head-threads", type=int, default=1,
+                   help="torch threads while the head trains on cached features (features.head_threads; 0: all)")
     p.add_argument("--only", choices=("tutorial", "fast"), help="run one path only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

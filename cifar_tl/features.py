@@ -152,9 +152,9 @@ def _mean_std_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def channels_last_pays(device: torch.device) -> bool:
-    """channels_last for the backbone: yes on CUDA (tensor cores); on the CPU measured slower
-    with oneDNN for efficientnet_v2_s at 64-112 px (benchmarks/README.md)."""
-    return torch.device(device).type == "cuda"
+    """channels_last for the backbone: on CUDA (tensor cores) and on the CPU, where oneDNN ran
+    efficientnet_v2_s 10-25% faster with it at 64 and 112 px (benchmarks/README.md). Not on MPS."""
+    return torch.device(device).type in ("cuda", "cpu")
 
 
 def preprocess(x: torch.Tensor, image_size: int, channels_last: bool | None = None) -> torch.Tensor:
@@ -174,12 +174,12 @@ def preprocess(x: torch.Tensor, image_size: int, channels_last: bool | None = No
 
 # --------------------------------------------------------------------------- extraction
 def default_extract_batch(device: torch.device, image_size: int) -> int:
-    """Images per batch (each batch runs all views at once): large on a GPU; on a CPU
-    throughput stops growing at about 64 images of 64-112 px and memory keeps growing."""
-    scale = (224 / image_size) ** 2
+    """Images per batch (the backbone sees twice as many with both views): large on a GPU. On
+    the 2-core CPU, efficientnet_v2_s ran fastest at 64-128 images of 64 px or 32 of 112 px per
+    forward pass, and slower above (caches overflow), so fewer as images grow."""
     if torch.device(device).type == "cuda":
-        return int(max(32, min(1024, 512 * scale)))
-    return int(max(8, min(64, 32 * scale)))
+        return int(max(32, min(1024, 512 * (224 / image_size) ** 2)))
+    return int(max(8, min(64, 32 * (80 / image_size) ** 2)))
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -329,6 +329,24 @@ def cached_features(cfg, ds, backbone, device, views: tuple[str, ...], cache_dir
             print(f"could not write the feature cache to {path.parent} ({e.strerror}); "
                   "continuing without it (set CIFAR_TL_DATA to a writable folder)")
     return feats, targets, info
+
+
+@contextmanager
+def head_threads(device, threads: int = 1):
+    """Run the head's training on cached features with ``threads`` CPU threads (restored after).
+
+    The head's matrices are tiny (batch 8 x 1280 x 256): on a CPU, splitting each across two
+    threads costs more in synchronisation than it saves, and when anything else runs on the
+    machine the threads wait for each other's time slices. Measured on the 2-core CPU
+    (benchmarks/README.md): 1 thread trains the head faster at batch 8 and 32. No effect on GPUs.
+    """
+    before = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(min(threads, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class FeatureLoader:
