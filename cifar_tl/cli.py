@@ -145,22 +145,22 @@ def _run(a) -> int:
 
 
 def _evaluate(a) -> int:
-    from . import pipeline
+    from . import inference
 
     o = _overrides(a)
     if "profile" in a:
         profile = Config.for_profile(a.profile)
         o = {**{k: getattr(profile, k) for k in EVALUATE_PROFILE_FIELDS}, **o}
-    m = pipeline.evaluate_checkpoint(a.checkpoint, **o)
+    m = inference.evaluate_checkpoint(a.checkpoint, **o)
     print(f"test accuracy {m['test_accuracy']:.4f}, top-5 {m['test_top5']:.4f} on {m['n_test']} images ({m['source']})")
     return 0
 
 
 def _predict(a) -> int:
-    from . import pipeline
+    from . import inference
 
     failed = 0
-    for path, result in pipeline.predict_files(a.checkpoint, a.images, device=a.device):
+    for path, result in inference.predict_files(a.checkpoint, a.images, device=a.device):
         if isinstance(result, str):
             print(f"error: {one_line(result, 2000)}", file=sys.stderr)
             failed += 1

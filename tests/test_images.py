@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cifar_tl import checkpoint, data, pipeline
+from cifar_tl import checkpoint, data, inference
 from cifar_tl.config import Config
 from cifar_tl.errors import ImageError
 from cifar_tl.models import MLPHead
@@ -258,7 +258,7 @@ def _good_files(tmp_path):
 def test_predict_files_predicts_the_good_and_names_the_bad(head_checkpoint, tmp_path):
     good, bad = _good_files(tmp_path), _bad_files(tmp_path)
     files = [good[0], *bad, *good[1:]]
-    results = pipeline.predict_files(head_checkpoint, files)
+    results = inference.predict_files(head_checkpoint, files)
     assert [r[0] for r in results] == [str(f) for f in files]
     for path, result in results:
         if Path(path) in bad:

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cifar_tl import checkpoint, cli, pipeline
+from cifar_tl import checkpoint, cli, inference, pipeline
 from cifar_tl.config import Config
 from cifar_tl.errors import CheckpointError
 from cifar_tl.models import MLPHead
@@ -110,7 +110,7 @@ def test_code_in_a_checkpoint_never_runs_in_the_library(tmp_path):
     module = tmp_path / "module.pt"
     torch.save(torch.nn.Linear(3, 2), module)  # the tutorial's pickled module
     for path, marker in _payloads(tmp_path):
-        for load in (checkpoint.read_checkpoint, checkpoint.load_head, pipeline.load_model):
+        for load in (checkpoint.read_checkpoint, checkpoint.load_head, inference.load_model):
             with pytest.raises(CheckpointError, match="refused") as e:
                 load(path)
             assert "nothing in it was run" in str(e.value) and "\n" not in str(e.value)
@@ -393,7 +393,7 @@ def test_evaluate_and_predict_rebuild_the_random_backbone_the_head_was_trained_o
     blob["backbone_fingerprint"] = "0" * 24  # as if made by a torch that initialises differently
     torch.save(blob, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="is not the one this head was trained on"):
-        pipeline.load_model(tmp_path / "other.pt")
+        inference.load_model(tmp_path / "other.pt")
 
 
 # --------------------------------------------------------------------------- arguments
