@@ -14,12 +14,17 @@ device: float32 on a CPU, bfloat16 on CUDA (what the backbone runs in there).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+# cifar_tl sets OMP_WAIT_POLICY=PASSIVE only when imported before torch; here torch comes
+# first, so OpenMP keeps its default unless the variable is set in the environment.
+OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "default")
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -85,8 +90,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
-    n = args.n or (8192 if device.type == "cuda" else 32)
     bs = args.batch_size or features.default_extract_batch(device, args.image_size)
+    n = args.n or (8192 if device.type == "cuda" else 32)
+    n = max(bs, n - n % bs)  # whole batches: one shape, tuned once in the warm-up
     torch.manual_seed(0)
     backbone = build_backbone(args.backbone, weights=None)
     flops = flops_per_image(backbone, args.image_size)
@@ -97,7 +103,8 @@ def main(argv=None) -> dict:
     views_per_s = 2 * n / seconds
     achieved = views_per_s * flops
     res = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads, OMP_WAIT_POLICY {OMP_POLICY})",
         "torch": torch.__version__, "backbone": args.backbone, "image_size": args.image_size,
         "batch_size": bs, "images": n, "views": 2, "seconds": seconds,
         "backbone_images_per_s": views_per_s, "source_images_per_s": n / seconds,
@@ -105,7 +112,8 @@ def main(argv=None) -> dict:
         "peak_gflop_per_s": peak / 1e9, "peak": peak_what, "fraction_of_peak": achieved / peak,
     }
     print(f"{args.backbone} at {args.image_size} px on {res['device']}, batch {bs} images x 2 views, "
-          f"{'bf16 autocast, channels_last' if device.type == 'cuda' else 'fp32'}")
+          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
+          f"{', channels_last' if features.channels_last_pays(device) else ''}, load average {os.getloadavg()[0]:.2f}")
     print(f"  extraction: {views_per_s:10.1f} backbone images/s ({n / seconds:.1f} source images/s, both views)")
     print(f"  FLOPs:      {flops / 1e9:10.2f} GFLOP per image (FlopCounterMode)")
     print(f"  achieved:   {achieved / 1e9:10.1f} GFLOP/s")

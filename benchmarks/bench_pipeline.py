@@ -17,12 +17,17 @@ where large batches run faster per image than batches of 8.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# cifar_tl sets OMP_WAIT_POLICY=PASSIVE only when imported before torch; here torch comes
+# first, so OpenMP keeps its default unless the variable is set in the environment.
+OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "default")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,7 +97,8 @@ def main(argv=None) -> None:
     backbone = build_backbone(args.backbone, weights=None)
     ds = synthetic(args.n, args.seed)
     print(f"{args.n} images, {args.image_size} px, {args.epochs} epochs, batch {args.batch_size}, "
-          f"{args.backbone} (random weights), {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{args.backbone} (random weights), {torch.get_num_threads()} threads, OMP_WAIT_POLICY {OMP_POLICY}, "
+          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
     with torch.inference_mode():  # oneDNN sets up each batch shape once: not part of either path
         for b in (args.batch_size, 2 * (args.extract_batch or features.default_extract_batch("cpu", args.image_size))):
             backbone(torch.randn(b, 3, args.image_size, args.image_size))

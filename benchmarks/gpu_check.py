@@ -33,10 +33,23 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# cifar_tl sets OMP_WAIT_POLICY=PASSIVE only when imported before torch; here torch comes
+# first, so OpenMP keeps its default unless the variable is set in the environment.
+OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "default")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+try:  # cifar_tl's progress bars; a bare machine without tqdm gets a silent stand-in
+    import tqdm.auto  # noqa: F401
+except ImportError:
+    import types
+
+    _stub = types.ModuleType("tqdm.auto")
+    _stub.tqdm = lambda it=None, *a, **k: it
+    sys.modules["tqdm"] = types.ModuleType("tqdm")
+    sys.modules["tqdm.auto"] = _stub
 
 from cifar_tl import data, engine, features  # noqa: E402
 from cifar_tl.models import MLPHead, TransferModel, build_backbone  # noqa: E402
@@ -110,7 +123,7 @@ def extraction(args, device, backbone, batch_sizes=None) -> dict:
             s = time.perf_counter() - t0
             rows.append({"batch_size": bs, "images": n, "seconds": s, "backbone_images_per_s": 2 * n / s})
             _say(f"  extract batch {bs:4d} images x 2 views: {2 * n / s:9.1f} backbone images/s")
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             _say(f"  extract batch {bs}: out of memory, skipped")
             torch.cuda.empty_cache()
         if _elapsed() > args.budget * 0.5:
@@ -188,7 +201,7 @@ def _device_name(device) -> str:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         return f"{p.name} ({p.total_memory / 2**30:.0f} GiB)"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, OMP_WAIT_POLICY {OMP_POLICY}"
 
 
 def main(argv=None) -> dict:

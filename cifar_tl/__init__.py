@@ -2,13 +2,6 @@
 
 __version__ = "0.1.0"
 
-import os
-
-# OpenMP threads that spin while waiting make torch 10-100x slower on a 2-core machine as soon as
-# anything else uses a core (a browser, a second kernel): measured 243 ms vs 3.5 ms per head step.
-# PASSIVE lets them sleep. It only takes effect if torch is not imported yet; users may override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from . import checkpoint, data, engine, features, models, viz  # noqa: E402
 from .config import Config, resolve_device  # noqa: E402
 from .data import (  # noqa: E402

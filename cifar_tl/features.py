@@ -53,7 +53,7 @@ class FolderImages:
 
     def fingerprint(self) -> bytes:
         """What identifies the images without decoding them: each file's path, size and mtime."""
-        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in self.paths]
+        stats = [(p, st.st_size, st.st_mtime_ns) for p in self.paths for st in [os.stat(p)]]
         return json.dumps(stats).encode()
 
 
@@ -175,11 +175,11 @@ def preprocess(x: torch.Tensor, image_size: int, channels_last: bool | None = No
 # --------------------------------------------------------------------------- extraction
 def default_extract_batch(device: torch.device, image_size: int) -> int:
     """Images per batch (the backbone sees twice as many with both views): large on a GPU. On
-    the 2-core CPU, efficientnet_v2_s ran fastest at 64-128 images of 64 px or 32 of 112 px per
-    forward pass, and slower above (caches overflow), so fewer as images grow."""
+    the 2-core CPU (benchmarks/README.md), efficientnet_v2_s ran fastest with forward batches
+    of 64 at 64 px and 32 at 112 px, slower above (caches overflow): 2048 / image_size images."""
     if torch.device(device).type == "cuda":
         return int(max(32, min(1024, 512 * (224 / image_size) ** 2)))
-    return int(max(8, min(64, 32 * (80 / image_size) ** 2)))
+    return int(max(8, min(64, 2048 // image_size)))
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -246,20 +246,22 @@ def extract(
 
 # --------------------------------------------------------------------------- cache
 def cache_key(images: torch.Tensor | FolderImages, targets, backbone: str, weights, image_size: int,
-              views: tuple[str, ...], precision: str) -> str:
+              views: tuple[str, ...], precision: str, weights_digest: str | None = None) -> str:
     """A hash of everything the features depend on: the image bytes themselves (a folder's
-    files by path, size and modification time), targets, backbone, weights, size, views, precision."""
+    files by path, size and modification time), targets, backbone, weights, size, views, precision.
+
+    ``weights_digest`` (``checkpoint.backbone_fingerprint``, a hash of the backbone's tensors) is
+    what names the weights for sure: two random backbones are both ``weights=None``.
+    """
     h = hashlib.sha256()
     if isinstance(images, FolderImages):
         h.update(images.fingerprint())
     else:
         h.update(images.contiguous().numpy().data)
     h.update(np.asarray(targets, dtype=np.int64).tobytes())
-    if weights not in (None, "imagenet") and Path(str(weights)).is_file():
-        st = Path(weights).stat()
-        weights = f"{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     desc = dict(format=CACHE_FORMAT, n=len(targets), shape=list(images.shape), backbone=backbone,
-                weights=weights, image_size=image_size, views=list(views), precision=precision)
+                weights=str(weights), weights_digest=weights_digest, image_size=image_size,
+                views=list(views), precision=precision)
     h.update(json.dumps(desc, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -305,13 +307,18 @@ def cached_features(cfg, ds, backbone, device, views: tuple[str, ...], cache_dir
     """Features [N, V, D] and targets [N] of a source, from the cache when it holds them.
 
     Returns (features, targets, info) where info says whether the cache was hit and where it is.
+    The key includes a hash of the backbone's weights (50 ms for efficientnet_v2_s on a CPU), so
+    features of one random backbone are never served for another.
     """
+    from .checkpoint import backbone_fingerprint  # here, not at the top: checkpoint imports models
+
     device = torch.device(device)
     images = images_uint8(ds, cfg.image_size)
     targets = torch.as_tensor(ds.targets, dtype=torch.long)
     dtype = amp_dtype(device, cfg.amp)
     precision = str(dtype).replace("torch.", "") if dtype else "float32"
-    key = cache_key(images, ds.targets, cfg.backbone, cfg.weights, cfg.image_size, views, precision)
+    key = cache_key(images, ds.targets, cfg.backbone, cfg.weights, cfg.image_size, views, precision,
+                    weights_digest=backbone_fingerprint(backbone))
     path = Path(cache_dir or Path(cfg.data_root) / "features") / f"{cfg.backbone}-{cfg.image_size}px-{key}.pt"
     info = {"path": str(path), "hit": False}
     if use_cache:
@@ -338,7 +345,8 @@ def head_threads(device, threads: int = 1):
     The head's matrices are tiny (batch 8 x 1280 x 256): on a CPU, splitting each across two
     threads costs more in synchronisation than it saves, and when anything else runs on the
     machine the threads wait for each other's time slices. Measured on the 2-core CPU
-    (benchmarks/README.md): 1 thread trains the head faster at batch 8 and 32. No effect on GPUs.
+    (benchmarks/README.md), steps/s at batch 8: alone, 1 thread 1025 and 2 threads 1248; with
+    other jobs running, 1 thread 594-1070 and 2 threads 24-95. No effect on GPUs.
     """
     before = torch.get_num_threads()
     if torch.device(device).type == "cpu":

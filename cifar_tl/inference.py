@@ -11,7 +11,7 @@ from .config import Config, resolve_device
 from .errors import AssetMissingError, CheckpointError, CifarTLError, one_line
 from .features import FeatureLoader
 from .models import BACKBONES, TransferModel, build_backbone
-from .pipeline import _cache_cfg, validate
+from .pipeline import validate
 
 # Fields that describe the machine, not the model: evaluate uses this machine's values, not the
 # trainer's (a classmate's checkpoint names their data folder and maybe their GPU).
@@ -84,7 +84,7 @@ def evaluate_checkpoint(path: str | Path, **overrides) -> dict:
     if len(test_ds.classes) != meta["num_classes"]:
         raise CheckpointError(f"{path} does not fit this data: num_classes: checkpoint has "
                               f"{meta['num_classes']}, {cfg.source} has {len(test_ds.classes)}")
-    feats, targets, _ = features.cached_features(_cache_cfg(cfg), test_ds, model.backbone, device,
+    feats, targets, _ = features.cached_features(cfg, test_ds, model.backbone, device,
                                                  features.VIEWS_TEST, use_cache=cfg.cache)
     ev = engine.evaluate(model.head, FeatureLoader(feats, targets, 256, train=False, device=device),
                          device, cfg.progress)

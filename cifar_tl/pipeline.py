@@ -9,7 +9,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -103,12 +103,6 @@ def _signals_deferred():
         if pending:
             s, f = pending[0]
             old[s](s, f)
-
-
-def _cache_cfg(cfg: Config) -> Config:
-    """The config the feature cache is keyed on. A random backbone depends on the seed, which the
-    cache key does not include: name it, so another seed's random features are never reused."""
-    return cfg.replace(weights=f"random(seed={cfg.seed})") if cfg.weights is None else cfg
 
 
 class _EpochSeeded:
@@ -298,11 +292,10 @@ def _run(cfg: Config, out: Path, device, state, history: list, stage: list, resu
     cache_info = {}
     with _stage(seconds, "extract"):
         if cfg.cache:
-            ccfg = _cache_cfg(cfg)
             tr_f, tr_y, cache_info["train"] = features.cached_features(
-                ccfg, train_ds, model.backbone, device, features.VIEWS_TRAIN)
+                cfg, train_ds, model.backbone, device, features.VIEWS_TRAIN)
             te_f, te_y, cache_info["test"] = features.cached_features(
-                ccfg, test_ds, model.backbone, device, features.VIEWS_TEST)
+                cfg, test_ds, model.backbone, device, features.VIEWS_TEST)
             stats_source = tr_f
             train_loader = FeatureLoader(tr_f, tr_y, cfg.batch_size, train=True, seed=cfg.seed, device=device)
             test_loader = FeatureLoader(te_f, te_y, max(cfg.batch_size, 256), train=False, device=device)
@@ -346,7 +339,10 @@ def _run(cfg: Config, out: Path, device, state, history: list, stage: list, resu
             _write_json(out / "history.json", rows)
             history.append(row)
 
-    with _stage(seconds, "train"):
+    # The tiny head trains faster on one CPU thread (features.head_threads); the tutorial path
+    # runs the backbone every step and keeps all threads.
+    head_only = features.head_threads(device) if cfg.cache else nullcontext()
+    with _stage(seconds, "train"), head_only:
         engine.fit(trainee, train_loader, test_loader if cfg.cache else None, epochs=cfg.epochs,
                    device=device, optimizer=optimizer, history=list(history), seed=cfg.seed,
                    progress=cfg.progress, on_epoch_end=on_epoch_end)

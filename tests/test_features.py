@@ -165,7 +165,9 @@ def test_anything_the_features_depend_on_changes_the_key(cache_setup):
     paths.add(_get(cache_setup)[2]["path"])
     paths.add(_get((cfg.replace(image_size=40), ds, backbone, cache_dir))[2]["path"])
     paths.add(_get((cfg.replace(weights="random(seed=1)"), ds, backbone, cache_dir))[2]["path"])
-    assert len(paths) == 6
+    other = build_backbone("resnet18", weights=None, seed=1)  # same name and weights=None, other values
+    paths.add(_get((cfg, ds, other, cache_dir))[2]["path"])
+    assert len(paths) == 7
 
 
 def _damage(path, how: str, good_blob):
@@ -278,7 +280,7 @@ def test_head_on_cached_features_learns_as_well_as_the_tutorials_path(tmp_path):
     (chance: 1%). Measured over 8 seeds on the 2-core CPU: the standard deviation across seeds is
     3.6 points (cached) and 3.2 points (tutorial's path), accuracies 29-41%; the paired difference
     (cached minus tutorial, same seed: same data and backbone) had mean +0.5 and standard
-    deviation 1.5 points. With 3 seeds the mean difference has a standard error of about 0.9
+    deviation 1.6 points. With 3 seeds the mean difference has a standard error of about 0.9
     points: 5 points is more than 5 of them, while a cached path that broke the pairing of
     features and labels, or of views, would fall to chance, 30 points away.
     """
