@@ -93,10 +93,10 @@ class Config:
 _PROFILE_FIELDS: dict[str, dict] = {
     # The tutorial, unchanged: a GPU job (about 10.6 GFLOP per image at 300 px).
     "full": {},
-    # The same recipe sized for a 2-core CPU in about 12-15 minutes: 160 px instead of 300 px
+    # The same recipe sized for a 2-core CPU in about 12 minutes: 160 px instead of 300 px
     # (3.5x fewer pixels), half the training set (250 images per class), the whole test set.
-    # Measured: efficientnet_v2_s extracts ~90 images/s at 160 px on 2 cores, so 2 x 25,000 + 10,000
-    # images take ~11 min; the head's one epoch on cached features takes seconds.
+    # Measured on 2 cores (benchmarks/README.md): 676.8 s in all, 666 s of it extracting
+    # 2 x 25,000 + 10,000 images at 160 px; the head's one epoch on cached features takes 3 s.
     "cpu": dict(image_size=160, train_size=25_000),
     # Offline and quick: synthetic CIFAR-like images and a randomly initialised backbone.
     "smoke": dict(
