@@ -55,7 +55,7 @@ def main(argv=None) -> list[dict]:
         env = {**os.environ, "CIFAR_TL_DATA": a.data_root or str(Path(tmp) / "data"),
                "TORCH_HOME": os.environ.get("TORCH_HOME", str(Path(tmp) / "torch"))}
         load = os.getloadavg()
-        policy = os.environ.get("OMP_WAIT_POLICY", "unset: cifar_tl's own default")
+        policy = os.environ.get("OMP_WAIT_POLICY", "default")
         print(f"python -m cifar_tl {' '.join(cli)}  (x{a.repeat}, CIFAR_TL_DATA={env['CIFAR_TL_DATA']}; "
               f"OMP_WAIT_POLICY {policy}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", flush=True)
         results = []

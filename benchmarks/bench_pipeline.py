@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# cifar_tl sets OMP_WAIT_POLICY=PASSIVE only when imported before torch; here torch comes
-# first, so OpenMP keeps its default unless the variable is set in the environment.
+# OpenMP's wait policy changes CPU timings a lot on 2 cores (benchmarks/README.md): record it.
 OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "default")
 
 import torch  # noqa: E402

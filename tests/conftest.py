@@ -21,6 +21,20 @@ def _offline_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
 
 
+# Subprocesses on one thread: quick, and the same floating-point math in every process under any load.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def one_thread():
+    """This process on one thread: a tiny head trains ~50x slower with 2 spinning threads on a busy
+    2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Config:
     """A seconds-scale config: resnet18 (random) at 32 px on 200 synthetic images."""

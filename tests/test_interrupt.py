@@ -17,20 +17,12 @@ from cifar_tl import engine, pipeline
 from cifar_tl.config import Config
 from cifar_tl.errors import Interrupted
 
-from .conftest import ROOT
+from .conftest import ONE_THREAD, ROOT
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # fast, and the same math in every process
+pytestmark = pytest.mark.usefixtures("one_thread")
 # Small enough to be quick, with enough epochs (~50 ms each) that a signal lands mid-run.
 RUN = ["run", "--profile", "smoke", "--backbone", "resnet18", "--image-size", "32", "--train-size", "200",
        "--test-size", "100", "--batch-size", "8", "--epochs", "40", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _default_sigint():

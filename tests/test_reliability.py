@@ -22,18 +22,9 @@ from cifar_tl.config import Config
 from cifar_tl.errors import CheckpointError
 from cifar_tl.models import MLPHead
 
-from .conftest import ROOT, run_cli
+from .conftest import ONE_THREAD, ROOT, run_cli
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # fast and alike under any load
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A tiny head trains ~50x slower with 2 spinning threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, **kw):
