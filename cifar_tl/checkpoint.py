@@ -58,7 +58,10 @@ def atomic_save(obj, path: str | Path) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the folder itself could not be made: there is no temp file
+            pass
         if isinstance(e, OSError):
             raise CifarTLError(f"cannot write {path} ({e.strerror or one_line(e, 80)}): free some "
                                "space or choose another folder; the previous file is unchanged") from None

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_save, backbone_fingerprint
 from .data import IMAGENET_MEAN, IMAGENET_STD, open_image
+from .errors import CifarTLError
 
 # 2: preprocess became bit-exact with PIL's resize and centre-crops non-square images.
 CACHE_FORMAT = 2
@@ -266,23 +267,6 @@ def cache_key(images: torch.Tensor | FolderImages, targets, backbone: str, weigh
     return h.hexdigest()[:24]
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a unique temp file in the same folder, then rename: readers never see half a file,
-    two writers never mix their bytes, and a crash leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(path: Path, key: str, targets: torch.Tensor, n_views: int) -> torch.Tensor | None:
     """The cached features if the file is whole and is the one asked for; else None with a notice."""
     if not path.exists():
@@ -310,7 +294,6 @@ def cached_features(cfg, ds, backbone, device, views: tuple[str, ...], cache_dir
     The key includes a hash of the backbone's weights (50 ms for efficientnet_v2_s on a CPU), so
     features of one random backbone are never served for another.
     """
-    from .checkpoint import backbone_fingerprint  # here, not at the top: checkpoint imports models
 
     device = torch.device(device)
     images = images_uint8(ds, cfg.image_size)
@@ -330,11 +313,11 @@ def cached_features(cfg, ds, backbone, device, views: tuple[str, ...], cache_dir
                     cfg.amp, cfg.progress, desc=f"extract {getattr(ds, 'split', '')}".strip())
     if use_cache:
         try:
-            atomic_torch_save({"key": key, "format": CACHE_FORMAT, "views": list(views),
-                               "features": feats, "targets": targets}, path)
-        except OSError as e:
-            print(f"could not write the feature cache to {path.parent} ({e.strerror}); "
-                  "continuing without it (set CIFAR_TL_DATA to a writable folder)")
+            atomic_save({"key": key, "format": CACHE_FORMAT, "views": list(views),
+                         "features": feats, "targets": targets}, path)
+        except CifarTLError as e:  # a cache that cannot be written only costs time
+            print(f"feature cache not saved: {e}; continuing without it (set CIFAR_TL_DATA to a "
+                  "writable folder)")
     return feats, targets, info
 
 

@@ -43,6 +43,16 @@ def tiny_cfg(tmp_path) -> Config:
                               progress=False)
 
 
+def damaged(content: bytes, where: float, byte: int, truncate: bool) -> bytes:
+    """content cut at the fraction ``where`` of its length, or with the byte there set to ``byte``."""
+    content = bytearray(content)
+    k = int(where * (len(content) - 1))
+    if truncate:
+        return bytes(content[:k])
+    content[k] = byte
+    return bytes(content)
+
+
 def run_cli(*args, env=None, timeout=600):
     """python -m cifar_tl ... in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

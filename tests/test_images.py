@@ -18,7 +18,7 @@ from cifar_tl.config import Config
 from cifar_tl.errors import ImageError
 from cifar_tl.models import MLPHead
 
-from .conftest import run_cli
+from .conftest import damaged, run_cli
 
 
 def _save(tmp_path, name, im, **kw):
@@ -213,15 +213,9 @@ def test_damaged_files_give_an_image_error_or_an_rgb_image(fmt, seed, where, byt
     """Truncated or corrupted bytes: never an exception other than ImageError."""
     buf = io.BytesIO()
     _random_image("RGB", 24, 16, seed).save(buf, fmt)
-    content = bytearray(buf.getvalue())
-    k = int(where * (len(content) - 1))
-    if truncate:
-        content = content[:k]
-    else:
-        content[k] = byte
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"d.{fmt.lower()}"
-        path.write_bytes(bytes(content))
+        path.write_bytes(damaged(buf.getvalue(), where, byte, truncate))
         try:
             im = data.open_image(path)
         except ImageError as e:

@@ -22,7 +22,7 @@ from cifar_tl.config import Config
 from cifar_tl.errors import CheckpointError
 from cifar_tl.models import MLPHead
 
-from .conftest import ONE_THREAD, ROOT, run_cli
+from .conftest import ONE_THREAD, ROOT, damaged, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,14 +162,8 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(where, byte, truncate):
 
     with tempfile.TemporaryDirectory() as tmp:
         good = _tiny_head_file(pathlib.Path(tmp) / "head.pt")
-        content = bytearray(good.read_bytes())
-        k = int(where * (len(content) - 1))
-        if truncate:
-            content = content[:k]
-        else:
-            content[k] = byte
         bad = pathlib.Path(tmp) / "bad.pt"
-        bad.write_bytes(bytes(content))
+        bad.write_bytes(damaged(good.read_bytes(), where, byte, truncate))
         try:
             head, meta = checkpoint.load_head(bad)
         except CheckpointError as e:
