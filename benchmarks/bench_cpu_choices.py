@@ -6,10 +6,10 @@ backbone, and threads for the head's training.
 
 1. Backbone images/s (random efficientnet_v2_s, inference_mode) for NCHW and channels_last, at a
    few forward-batch sizes (the fast path's forward batch holds both views: 2x its image batch).
-   -> features.channels_last_pays, features.default_extract_batch
+   -> preprocess.channels_last_pays, features.default_extract_batch
 2. Head training steps/s (MLPHead on cached features, Adam, engine.train_one_epoch) with 1 and 2
    torch threads, at batch 8 (the tutorial's) and 32 (the cpu profile's).
-   -> features.head_threads
+   -> engine.head_threads
 
 Each configuration is timed many times, interleaved, and its best kept: on a shared machine
 other jobs only ever slow a run down, so the best is the closest to the machine's own speed.

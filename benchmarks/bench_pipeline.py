@@ -71,7 +71,7 @@ def fast_path(backbone, ds, args) -> dict:
     head.standardizer.fit_stats(feats)
     loader = features.FeatureLoader(feats, targets, args.batch_size, train=True, seed=args.seed)
     t2 = time.perf_counter()
-    with features.head_threads("cpu", args.head_threads or torch.get_num_threads()):
+    with engine.head_threads("cpu", args.head_threads or torch.get_num_threads()):
         hist = engine.fit(head, loader, None, epochs=args.epochs, seed=args.seed, progress=False)
     t3 = time.perf_counter()
     return {"seconds": t3 - t0, "extract": t1 - t0, "train": t3 - t2,
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--backbone", default="efficientnet_v2_s")
     p.add_argument("--extract-batch", type=int, default=None, help="images per extraction batch (default: features.default_extract_batch)")
     p.add_argument("--head-threads", type=int, default=1,
-                   help="torch threads while the head trains on cached features (features.head_threads; 0: all)")
+                   help="torch threads while the head trains on cached features (engine.head_threads; 0: all)")
     p.add_argument("--only", choices=("tutorial", "fast"), help="run one path only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

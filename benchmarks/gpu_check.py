@@ -18,6 +18,9 @@ Measures:
      over a FeatureLoader), and the evaluation of 10,000 cached test features.
   4. the projection of one tutorial-equivalent epoch: extract 50,000 x 2 training views + 10,000
      test images, train the head for 6,250 steps of 8, evaluate 10,000.
+  5. fine-tuning (finetune.fine_tune): training images/s with the top 2 stages and with the whole
+     backbone unfrozen (preprocessing on the device, random flips, autocast, channels_last, AdamW,
+     the largest batch that fits), and the projected fine-tuning epoch on CIFAR-100.
 Goals on one H100: >= 5,000 backbone images/s at 300 px, the whole epoch under 60 s.
 Prints a table; writes $OUT/gpu_check.json when $OUT is set (or --json PATH).
 """
@@ -50,7 +53,7 @@ except ImportError:
     sys.modules["tqdm"] = types.ModuleType("tqdm")
     sys.modules["tqdm.auto"] = _stub
 
-from cifar_tl import data, engine, features  # noqa: E402
+from cifar_tl import data, engine, features, preprocess  # noqa: E402
 from cifar_tl.models import MLPHead, TransferModel, build_backbone  # noqa: E402
 from cifar_tl.synthetic import SyntheticCIFAR, make_images  # noqa: E402
 
@@ -175,7 +178,7 @@ def head_training(args, device, dim: int) -> dict:
     opt, loss_fn = engine.make_optimizer(head), torch.nn.CrossEntropyLoss()
     loader = features.FeatureLoader(feats, targets, BATCH, train=True, seed=0, device=device)
     warm = features.FeatureLoader(feats[:50 * BATCH], targets[:50 * BATCH], BATCH, train=True, device=device)
-    with features.head_threads(device):  # one thread on a CPU; nothing changes on a GPU
+    with engine.head_threads(device):  # one thread on a CPU; nothing changes on a GPU
         engine.train_one_epoch(head, warm, opt, loss_fn, device, progress=False)
         _sync(device)
         t0 = time.perf_counter()
@@ -193,6 +196,46 @@ def head_training(args, device, dim: int) -> dict:
     eval_s = time.perf_counter() - t0
     return {"steps": len(loader), "seconds": train_s, "steps_per_s": len(loader) / train_s,
             "eval_images": args.eval_images, "eval_seconds": eval_s}
+
+
+# --------------------------------------------------------------------------- 5. fine-tuning
+def fine_tuning(args, device, extract_rate: float) -> dict:
+    """Training images/s of finetune.fine_tune for K = 2 and all (the second of two epochs, after
+    cuDNN's autotuning), and the projected CIFAR-100 fine-tuning epoch."""
+    import types
+
+    from cifar_tl import Config, finetune
+
+    imgs, labels = make_images(-(-args.finetune_images // 100), seed=0)
+    train = types.SimpleNamespace(data=imgs[: args.finetune_images], targets=list(labels[: args.finetune_images]))
+    test = types.SimpleNamespace(data=imgs[:64], targets=list(labels[:64]))
+    out = {}
+    for k in (2, "all"):
+        torch.manual_seed(0)
+        backbone = _backbone(args.backbone, device)
+        model = TransferModel(backbone, MLPHead(backbone.num_features, 100)).to(device)
+        finetune.unfreeze(model.backbone, k)
+        bs = finetune.largest_batch(model, args.image_size, device, start=BATCH, limit=args.finetune_batch_limit)
+        cfg = Config.for_profile("smoke", backbone=args.backbone, image_size=args.image_size, batch_size=bs,
+                                 precision="auto", progress=False)
+        try:
+            hist = finetune.fine_tune(model, train, test, cfg, device, epochs=2, batch_size=bs)
+        except torch.cuda.OutOfMemoryError:
+            _say(f"  fine-tune K={k} batch {bs}: out of memory")
+            out[str(k)] = {"batch_size": bs, "failed": "out of memory"}
+            torch.cuda.empty_cache()
+            continue
+        rate = hist[-1]["images_per_second"]
+        epoch = TRAIN / rate + (TEST + 1000) / extract_rate  # + evaluation and the standardiser refit
+        out[str(k)] = {"batch_size": bs, "images_per_s": rate, "trainable": sum(
+            p.numel() for p in model.parameters() if p.requires_grad), "projected_epoch_seconds": epoch,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+        _say(f"  K={k}: batch {bs}, {rate:.1f} training images/s, projected CIFAR-100 epoch {epoch:.0f} s")
+        del model, backbone
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 # --------------------------------------------------------------------------- main
@@ -215,6 +258,8 @@ def main(argv=None) -> dict:
                    help="batch sizes to try, comma-separated (default 128,256,512; 16 with --quick)")
     p.add_argument("--head-steps", type=int, default=None, help="default 3000 (100 with --quick)")
     p.add_argument("--eval-images", type=int, default=TEST)
+    p.add_argument("--finetune-images", type=int, default=None, help="default 4096 (32 with --quick)")
+    p.add_argument("--finetune-batch-limit", type=int, default=None, help="largest batch tried (default 512; 8 with --quick)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also try torch.compile (a child process, time-limited); default: on CUDA only")
     p.add_argument("--budget", type=float, default=270.0, help="seconds; later steps are skipped past it")
@@ -227,6 +272,8 @@ def main(argv=None) -> dict:
     args.extract_images = args.extract_images or (32 if q else 8192)
     args.extract_batches = args.extract_batches or ([16] if q else [128, 256, 512])
     args.head_steps = args.head_steps or (100 if q else 3000)
+    args.finetune_images = args.finetune_images or (32 if q else 4096)
+    args.finetune_batch_limit = args.finetune_batch_limit or (BATCH if q else 512)
     if q:
         args.eval_images = min(args.eval_images, 512)
     device = torch.device(args.device)
@@ -247,7 +294,7 @@ def main(argv=None) -> dict:
 
     _say(f"2. fast-path extraction: {args.extract_images} images x 2 views, "
          f"{'bf16 autocast, ' if features.amp_dtype(device, True) else ''}"
-         f"{'channels_last' if features.channels_last_pays(device) else 'contiguous'}")
+         f"{'channels_last' if preprocess.channels_last_pays(device) else 'contiguous'}")
     res["extract"] = extraction(args, device, backbone)
     if args.compile if args.compile is not None else device.type == "cuda":
         res["extract_compiled"] = compiled_extraction(args, device, res["extract"]["best"]["batch_size"])
@@ -272,6 +319,11 @@ def main(argv=None) -> dict:
     res["goals"] = {"extract_backbone_images_per_s": rate, "extract_goal": GOAL_EXTRACT,
                     "extract_ok": rate >= GOAL_EXTRACT, "epoch_seconds": proj["total_seconds"],
                     "epoch_goal": GOAL_EPOCH, "epoch_ok": proj["total_seconds"] < GOAL_EPOCH}
+    if _elapsed() < args.budget:
+        _say("5. fine-tuning: top 2 stages and the whole backbone, training images/s")
+        res["finetune"] = fine_tuning(args, device, rate)
+    else:
+        res["finetune"] = {"skipped": "time budget spent"}
     res["wall_seconds"] = _elapsed()
 
     best = res["extract"]["best"]
@@ -292,6 +344,10 @@ def main(argv=None) -> dict:
         ("projected: whole epoch, tutorial's path", f"{proj['tutorial_epoch_seconds']:.0f} s"),
         ("extraction goal", f">= {GOAL_EXTRACT:,} backbone images/s: {'met' if res['goals']['extract_ok'] else 'NOT met'}"),
     ]
+    for k, ft in res["finetune"].items():
+        if isinstance(ft, dict) and "images_per_s" in ft:
+            rows += [(f"fine-tune K={k}, batch {ft['batch_size']}", f"{ft['images_per_s']:.1f} training images/s"),
+                     (f"projected: fine-tuning epoch K={k} (50,000 + eval)", f"{ft['projected_epoch_seconds']:.0f} s")]
     width = max(len(a) for a, _ in rows)
     print(f"\ngpu_check: {res['device']}, torch {res['torch']}, {args.backbone} (random) at "
           f"{args.image_size} px{' (QUICK: tiny sizes, not the real check)' if q else ''}")

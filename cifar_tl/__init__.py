@@ -1,26 +1,42 @@
 """cifar_tl: transfer learning in computer vision with torchvision, taught step by step."""
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from . import checkpoint, data, engine, features, models, viz  # noqa: E402
-from .config import Config, resolve_device  # noqa: E402
-from .data import (  # noqa: E402
-    build_datasets,
-    build_source,
-    collate_fn,
-    eval_transform,
-    make_loader,
-    train_transform,
-)
-from .engine import evaluate, fit, predict, train_one_epoch  # noqa: E402
-from .errors import AssetMissingError, CheckpointError, CifarTLError, ConfigError, ImageError  # noqa: E402
-from .features import FeatureLoader, cached_features, extract  # noqa: E402
-from .models import BACKBONES, MLPHead, TransferModel, build_backbone  # noqa: E402
+# Names are imported on first use (PEP 562): `python -m cifar_tl` starts without importing torch
+# here, so a Ctrl-C in the first seconds reaches the command line's own handler, and
+# `import cifar_tl` stays cheap. Each name -> the module that defines it.
+_NAMES = {
+    "Config": "config", "resolve_device": "config",
+    "build_datasets": "data", "build_source": "data", "collate_fn": "data", "eval_transform": "data",
+    "make_loader": "data", "train_transform": "data",
+    "evaluate": "engine", "fit": "engine", "predict": "engine", "train_one_epoch": "engine",
+    "AssetMissingError": "errors", "CheckpointError": "errors", "CifarTLError": "errors",
+    "ConfigError": "errors", "DataError": "errors", "ImageError": "errors", "Interrupted": "errors",
+    "StorageError": "errors", "TrainingDiverged": "errors", "UnknownBackbone": "errors",
+    "FeatureLoader": "features", "cached_features": "features", "extract": "features",
+    "BACKBONES": "models", "MLPHead": "models", "TransferModel": "models", "build_backbone": "models",
+    "enable_notices": "console",
+}
+_MODULES = ("checkpoint", "config", "console", "data", "engine", "features", "inference", "models",
+            "pipeline", "preprocess", "storage", "viz", "widgets")
 
-__all__ = [
-    "AssetMissingError", "BACKBONES", "CheckpointError", "CifarTLError", "Config", "ConfigError",
-    "FeatureLoader", "ImageError", "MLPHead", "TransferModel", "build_backbone", "build_datasets",
-    "build_source", "cached_features", "checkpoint", "collate_fn", "data", "engine", "eval_transform",
-    "evaluate", "extract", "features", "fit", "make_loader", "models", "predict", "resolve_device",
-    "train_one_epoch", "train_transform", "viz",
-]
+__all__ = sorted([*_NAMES, *_MODULES])
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'cifar_tl' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,31 +1,33 @@
-"""Checkpoints of the head: a state_dict plus plain metadata, saved atomically, loaded weights_only."""
+"""Checkpoints of the head: a state_dict plus plain metadata under one checksum, loaded weights_only."""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import pickle
 import re
-import secrets
-import socket
-import time
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torchvision
 
-from .errors import CheckpointError, CifarTLError, one_line
+from .config import MAX_IMAGE_SIZE, Config
+from .errors import AssetMissingError, CheckpointError, ConfigError, one_line
 from .models import MLPHead
+from .storage import atomic_save
 
 FORMAT = "cifar_tl.head"
-FORMAT_VERSION = 1
-# The fields that must agree between a checkpoint and the model or data it is used with.
-COMPATIBILITY_FIELDS = ("backbone", "weights", "image_size", "num_classes", "feature_dim")
-# Fields a head checkpoint must have, with their types: anything else is refused, not guessed at.
-_REQUIRED = {"state_dict": dict, "backbone": str, "image_size": int, "num_classes": int,
-             "feature_dim": int, "hidden": (list, tuple), "standardize": bool,
-             "class_names": (list, tuple), "config": dict}
+# 2: one checksum covers the metadata as well as the weights; weights from a file carry its digest.
+FORMAT_VERSION = 2
+# Widths and class counts above this are damaged numbers, not models: refuse before allocating.
+_MAX_WIDTH = 1 << 20
+# What a file starts with, to say what it is when it is not a torch file (zip, or legacy pickle).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_OTHER_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                b"RIFF": "a WebP image or other RIFF file", b"BM": "a BMP image", b"%PDF": "a PDF document",
+                b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
 
 
 def _version() -> str:
@@ -34,93 +36,7 @@ def _version() -> str:
     return __version__
 
 
-# --------------------------------------------------------------------------- atomic writes
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-STALE_TEMP_SECONDS = 24 * 3600
-
-
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over ``path``.
-
-    Readers never see half a file and a crash (even ``kill -9``) leaves the previous file intact.
-    What a crash can leave is the temp file ``.NAME.<host>-<pid>.<random>.tmp``; the next
-    successful save of the same file removes it once its writer is gone. Unlike ``mkstemp``,
-    the file gets the usual permissions (the umask), so classmates on a shared machine can read it.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. the folder itself could not be made: there is no temp file
-            pass
-        if isinstance(e, OSError):
-            raise CifarTLError(f"cannot write {path} ({e.strerror or one_line(e, 80)}): free some "
-                               "space or choose another folder; the previous file is unchanged") from None
-        raise
-    _fsync_dir(path.parent)
-    remove_stale_temps(path)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would *send* Ctrl-C on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Delete the temp files that crashed saves of ``path`` left behind. A temp file is stale
-    when its writer (same host) is no longer running, or when it is over a day old. Returns them."""
-    path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9a-f]+)-(\d+)\.[0-9a-f]+\.tmp")
-    removed = []
-    try:
-        candidates = [p for p in path.parent.iterdir()
-                      if p.name.startswith(f".{path.name}.") and p.name.endswith(".tmp")]
-    except OSError:
-        return removed
-    for tmp in candidates:
-        m = pattern.fullmatch(tmp.name)
-        try:
-            dead = m is not None and m.group(1) == _HOST and not _alive(int(m.group(2)))
-            if dead or time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
-                tmp.unlink()
-                removed.append(tmp)
-        except OSError:
-            pass
-    return removed
-
-
-# --------------------------------------------------------------------------- head checkpoints
+# --------------------------------------------------------------------------- digests
 def _tensors_digest(tensors: dict) -> str:
     """A hash of named tensors' values (torch's zip reader does not check its CRCs: a flipped
     byte in a copied file would otherwise load as silently wrong weights)."""
@@ -134,6 +50,19 @@ def _tensors_digest(tensors: dict) -> str:
     return h.hexdigest()[:24]
 
 
+def _checksum(blob: dict) -> str:
+    """A hash of the whole checkpoint: the weights and every metadata field (an edited
+    ``image_size`` is damage as much as a flipped weight)."""
+    meta = {k: v for k, v in blob.items() if k not in ("state_dict", "sha256")}
+    text = json.dumps(meta, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode() + _tensors_digest(blob["state_dict"]).encode()).hexdigest()[:32]
+
+
+def with_checksum(blob: dict) -> dict:
+    """``blob`` with its checksum (re)computed: what ``save_head`` stores."""
+    return {**blob, "sha256": _checksum(blob)}
+
+
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     """A hash of the backbone's weights and buffers. Stored with the head, it proves at load time
     that the backbone rebuilt for evaluate/predict is the one the head was trained on (a random
@@ -142,24 +71,48 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     return _tensors_digest(backbone.state_dict())
 
 
+def weights_digest(path: str | Path, cached: bool = True) -> str:
+    """The sha256 of a weights file. ``cached``: remembered per (path, size, modification time),
+    as saving a head every epoch would otherwise hash the same file every epoch."""
+    path = Path(path).expanduser().resolve()
+    if not cached:
+        return _file_digest.__wrapped__(str(path), 0, 0)
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- saving
 def save_head(path: str | Path, head: MLPHead, *, config, class_names, coarse_classes=None,
               fine_to_coarse=None, metrics: dict | None = None,
               backbone_fingerprint: str | None = None) -> Path:
     """Save the head's state_dict and everything needed to use it again, atomically.
 
     Only tensors and plain Python values are stored, so ``torch.load(weights_only=True)``
-    reads it on any machine (the tutorial pickled a whole module moved to 'cuda').
-    Parent folders are created.
+    reads it on any machine (the tutorial pickled a whole module moved to 'cuda'). Backbone
+    weights given as a file are stored as an absolute path with the file's sha256. Parent
+    folders are created.
     """
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    weights = cfg["weights"]
+    if weights not in (None, "imagenet"):
+        weights = str(Path(weights).expanduser().resolve())
     state_dict = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     blob = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "state_dict": state_dict,
-        "state_dict_sha256": _tensors_digest(state_dict),
         "backbone": cfg["backbone"],
-        "weights": None if cfg["weights"] is None else str(cfg["weights"]),
+        "weights": weights,
+        "weights_sha256": weights_digest(weights) if weights not in (None, "imagenet") else None,
         "image_size": int(cfg["image_size"]),
         "num_classes": int(head.num_classes),
         "feature_dim": int(head.in_dim),
@@ -174,9 +127,10 @@ def save_head(path: str | Path, head: MLPHead, *, config, class_names, coarse_cl
         "versions": {"cifar_tl": _version(), "torch": str(torch.__version__),
                      "torchvision": str(torchvision.__version__)},
     }
-    return atomic_save(blob, path)
+    return atomic_save(with_checksum(blob), path)
 
 
+# --------------------------------------------------------------------------- loading
 def load_file(path: str | Path, what: str = "checkpoint"):
     """``torch.load(path, weights_only=True)`` with every failure turned into one CheckpointError.
 
@@ -190,6 +144,7 @@ def load_file(path: str | Path, what: str = "checkpoint"):
         raise CheckpointError(f"{path}: no such {what} file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty; save it again")
+    _check_magic(path, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's multi-line notes about pickle protocols
@@ -213,29 +168,133 @@ def load_file(path: str | Path, what: str = "checkpoint"):
         ) from None
 
 
+def _check_magic(path: Path, what: str) -> None:
+    """Refuse a file that does not even start like a torch file, saying what it looks like."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    if head.startswith(_TORCH_MAGIC):
+        return
+    kind = next((k for magic, k in _OTHER_MAGIC.items() if head.startswith(magic)), None)
+    if kind:
+        hint = " (--checkpoint takes the head.pt a run saved; images come after it)" if what == "checkpoint" else ""
+        raise CheckpointError(f"{path}: not a torch {what}: it is {kind}{hint}")
+    raise CheckpointError(f"{path}: not a torch {what}: truncated, damaged or another kind of file; "
+                          "copy or save it again")
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a head checkpoint's contents safely and check its fields, or raise CheckpointError."""
+    """Load a head checkpoint's contents safely and check every field, or raise CheckpointError."""
     blob = load_file(path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cifar_tl head checkpoint (no '{FORMAT}' format tag)")
     version = blob.get("format_version")
-    if not isinstance(version, int):
+    if not _int_in(version, 1, 10**6):
         raise CheckpointError(f"{path}: a cifar_tl checkpoint without a valid format version; save it again")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer cifar_tl (format {version}); upgrade cifar_tl")
-    for name, kind in _REQUIRED.items():
-        if not isinstance(blob.get(name), kind) or (kind is int and isinstance(blob[name], bool)):
-            raise CheckpointError(f"{path}: a cifar_tl checkpoint with a missing or damaged "
-                                  f"'{name}' field; save it again")
-    if not all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values()):
-        raise CheckpointError(f"{path}: its state_dict holds something other than tensors")
-    digest = blob.get("state_dict_sha256")
-    if digest is not None and digest != _tensors_digest(blob["state_dict"]):
-        raise CheckpointError(f"{path}: damaged: its weights do not match their checksum; copy or save it again")
-    if len(blob["class_names"]) != blob["num_classes"]:
-        raise CheckpointError(f"{path}: {len(blob['class_names'])} class names for "
-                              f"{blob['num_classes']} classes; save it again")
+    sd = blob.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path}: its state_dict holds something other than named tensors")
+    if not _checksum_ok(blob, version):
+        raise CheckpointError(f"{path}: damaged: its weights or metadata do not match their checksum; "
+                              "copy or save it again")
+    for name, ok, expected in _field_checks(blob):
+        if not ok:
+            raise CheckpointError(f"{path}: a cifar_tl checkpoint with a damaged '{name}' field ({expected} "
+                                  f"expected, got {one_line(repr(blob.get(name)), 60)}); save it again")
+    dims = [blob["feature_dim"], *blob["hidden"], blob["num_classes"]]
+    described = sum(a * b + b for a, b in zip(dims[:-1], dims[1:])) + 2 * dims[0] * blob["standardize"]
+    if described != sum(t.numel() for t in sd.values()):  # checked before building the head it describes
+        raise CheckpointError(f"{path}: its weights do not fit the head it describes ({described:,} numbers "
+                              f"described, {sum(t.numel() for t in sd.values()):,} stored); save it again")
+    _check_config(blob, path)
     return blob
+
+
+def _checksum_ok(blob: dict, version: int) -> bool:
+    if version == 1:  # before the metadata was covered: only the weights carry a checksum
+        digest = blob.get("state_dict_sha256")
+        return digest is None or digest == _tensors_digest(blob["state_dict"])
+    try:
+        return blob.get("sha256") == _checksum(blob)
+    except (TypeError, ValueError, RecursionError):  # metadata that JSON cannot even describe
+        return False
+
+
+def _int_in(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _strings(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v)
+
+
+def _field_checks(b: dict) -> list[tuple[str, bool, str]]:
+    """(field, valid?, what was expected) for every metadata field, in the order a reader needs them."""
+    n = b.get("num_classes")
+    coarse, f2c = b.get("coarse_classes"), b.get("fine_to_coarse")
+    return [
+        ("backbone", isinstance(b.get("backbone"), str) and re.fullmatch(r"[\w.]{1,100}", b["backbone"])
+         is not None, "a model name"),
+        ("weights", b.get("weights") is None or isinstance(b["weights"], str), "None, 'imagenet' or a path"),
+        ("weights_sha256", b.get("weights_sha256") is None or (isinstance(b["weights_sha256"], str)
+                                                              and re.fullmatch(r"[0-9a-f]{64}", b["weights_sha256"])
+                                                              is not None), "a sha256 digest"),
+        ("image_size", _int_in(b.get("image_size"), 1, MAX_IMAGE_SIZE), f"an integer from 1 to {MAX_IMAGE_SIZE}"),
+        ("num_classes", _int_in(n, 1, _MAX_WIDTH), "a positive number of classes"),
+        ("feature_dim", _int_in(b.get("feature_dim"), 1, _MAX_WIDTH), "a positive feature width"),
+        ("hidden", isinstance(b.get("hidden"), (list, tuple))
+         and all(_int_in(h, 1, _MAX_WIDTH) for h in b["hidden"]), "a list of positive layer widths"),
+        ("standardize", isinstance(b.get("standardize"), bool), "true or false"),
+        ("class_names", _strings(b.get("class_names")) and len(b["class_names"]) == n,
+         f"{n!r} class names (strings)"),
+        ("coarse_classes", coarse is None or _strings(coarse), "None or a list of strings"),
+        ("fine_to_coarse", f2c is None or (isinstance(f2c, (list, tuple)) and len(f2c) == n and _strings(coarse)
+                                           and all(_int_in(c, 0, len(coarse) - 1) for c in f2c)),
+         "None or one coarse class index per class"),
+        ("backbone_fingerprint", b.get("backbone_fingerprint") is None or isinstance(b["backbone_fingerprint"], str),
+         "None or a digest"),
+        ("config", isinstance(b.get("config"), dict), "a dict"),
+        ("metrics", isinstance(b.get("metrics", {}), dict), "a dict"),
+        ("versions", isinstance(b.get("versions", {}), dict), "a dict"),
+    ]
+
+
+def _check_config(blob: dict, path) -> None:
+    """The stored config must be one a run could use, and agree with the fields beside it."""
+    try:
+        cfg = Config.from_dict(blob["config"]).validate()
+    except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:  # any value, any type
+        raise CheckpointError(f"{path}: its stored config is damaged ({one_line(e, 120)}); save it again") from None
+    # The fields save_head copied from the config, put back into it, must change nothing.
+    as_saved = cfg.replace(backbone=blob["backbone"], image_size=blob["image_size"], weights=blob["weights"])
+    diff = cfg.diff(as_saved, roles=("model",))
+    if diff:
+        raise CheckpointError(f"{path}: damaged: its stored config disagrees with its metadata "
+                              f"({Config.describe_diff(diff, 'config has', 'metadata')}); save it again")
+
+
+def check_weights_file(meta: dict, path="checkpoint") -> None:
+    """A head trained on backbone weights from a file needs that very file: here, and unchanged.
+
+    Raises:
+        AssetMissingError: the file is not on this machine.
+        CheckpointError: the file's sha256 is not the one stored when the head was trained.
+    """
+    weights = meta.get("weights")
+    if weights in (None, "imagenet"):
+        return
+    if not Path(weights).is_file():
+        raise AssetMissingError(f"{path} was trained on backbone weights from {weights}, which is not "
+                                "on this machine: copy that file to the same path")
+    expected, found = meta.get("weights_sha256"), weights_digest(weights, cached=False)
+    if expected and found != expected:
+        raise CheckpointError(f"{path}: the weights file changed since this head was trained: {weights} has "
+                              f"sha256 {found[:12]}..., the head was trained on {expected[:12]}...: restore "
+                              "that file or train a new head")
 
 
 def check_compatible(blob: dict, path="checkpoint", **expected) -> None:
@@ -265,3 +324,7 @@ def load_head(path: str | Path, **expected) -> tuple[MLPHead, dict]:
             f"{path}: its weights do not fit the head it describes ({one_line(e, 120)})") from None
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return head.eval(), meta
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "check_compatible", "check_weights_file",
+           "load_file", "load_head", "read_checkpoint", "save_head", "weights_digest", "with_checksum"]

@@ -1,4 +1,4 @@
-"""The command line: python -m cifar_tl {run, evaluate, predict, download}."""
+"""The command line: python -m cifar_tl {run, evaluate, predict, lr-find, backbones, download}."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ import threading
 import time
 from pathlib import Path
 
-from .config import PROFILES, Config
+from .config import DEVICES, ENGINES, PRECISIONS, PROFILES, Config, parse_unfreeze
+from .console import enable_notices, say
 from .errors import CifarTLError, ConfigError, one_line
-from .models import BACKBONES
 
-# What --resume may change (the rest comes from the run's config.json), and what evaluate takes
-# from --profile (the data; the model's settings always come from the checkpoint).
-RESUME_OPTIONS = ("epochs", "device", "progress", "data_root")
-EVALUATE_PROFILE_FIELDS = ("source", "test_size", "amp")
+# Flags whose name is not the field's: --no-cache sets cache=False, and so on.
 _FLAGS = {"cache": "--no-cache", "progress": "--quiet", "standardize": "--no-standardize"}
+RUN_FLAGS: set[str] = set()  # the options of `run`, filled in by build_parser
 
 EXAMPLES = """examples:
   python -m cifar_tl run                          # the default profile (auto: full on CUDA, cpu otherwise)
   python -m cifar_tl run --profile smoke --out runs/smoke
+  python -m cifar_tl run --profile smoke --unfreeze 2 --out runs/ft   # fine-tune the top 2 stages
   python -m cifar_tl evaluate --checkpoint runs/smoke/head.pt
   python -m cifar_tl predict --checkpoint runs/smoke/head.pt photo.jpg
+  python -m cifar_tl backbones                    # what --backbone accepts
   python -m cifar_tl download                     # once, with internet, before an offline class
 """
 
@@ -46,8 +46,36 @@ def _positive(text: str) -> int:
     return v
 
 
-def _weights(text: str):
-    return None if text.lower() in ("none", "random") else text
+def _unfreeze(text: str):
+    try:
+        return parse_unfreeze(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _data_args(q) -> None:
+    q.add_argument("--profile", choices=PROFILES, help="full | cpu | smoke | auto (default: $CIFAR_TL_PROFILE or auto)")
+    q.add_argument("--source", help="cifar100 | synthetic | folder:PATH")
+    q.add_argument("--data-root", help="where datasets and the feature cache live (default $CIFAR_TL_DATA or ~/.cache/cifar_tl)")
+    q.add_argument("--test-size", type=_positive, help="class-balanced subset of the test split")
+    q.add_argument("--image-size", type=_positive, help="pixels the images are resized to")
+    q.add_argument("--device", choices=DEVICES)
+    q.add_argument("--precision", choices=PRECISIONS, help="of the frozen backbone (default auto: bf16 where native)")
+    q.add_argument("--engine", choices=ENGINES, help="of the frozen backbone on a CPU (default auto: OpenVINO if installed)")
+    q.add_argument("--no-cache", dest="cache", action="store_const", const=False,
+                   help="recompute the backbone for every image (the tutorial's path)")
+    q.add_argument("--quiet", dest="progress", action="store_const", const=False, help="no progress bars")
+
+
+def _model_args(q) -> None:
+    q.add_argument("--train-size", type=_positive, help="class-balanced subset of the training split")
+    q.add_argument("--batch-size", type=_positive)
+    q.add_argument("--backbone", metavar="NAME", help="any torchvision classification model (see `backbones`)")
+    q.add_argument("--weights", help="imagenet | none | PATH to a state dict")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--unfreeze", type=_unfreeze, metavar="K|all", help="fine-tune the top K stages of the backbone too")
+    q.add_argument("--no-standardize", dest="standardize", action="store_const", const=False,
+                   help="feed raw features to the head, as the tutorial did (random backbones then fail)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,54 +85,51 @@ def build_parser() -> argparse.ArgumentParser:
     # Flags left out are absent from the namespace, so only what was typed overrides the profile.
     quiet = dict(argument_default=argparse.SUPPRESS)
 
-    def data_model_args(q):
-        q.add_argument("--profile", choices=PROFILES, help="full | cpu | smoke | auto (default: $CIFAR_TL_PROFILE or auto)")
-        q.add_argument("--source", help="cifar100 | synthetic | folder:PATH")
-        q.add_argument("--data-root", help="where datasets and the feature cache live (default $CIFAR_TL_DATA or ~/.cache/cifar_tl)")
-        q.add_argument("--test-size", type=_positive, help="class-balanced subset of the test split")
-        q.add_argument("--image-size", type=_positive, help="pixels the images are resized to")
-        q.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-        q.add_argument("--no-cache", dest="cache", action="store_const", const=False,
-                       help="recompute the backbone for every image (the tutorial's path)")
-        q.add_argument("--quiet", dest="progress", action="store_const", const=False, help="no progress bars")
-
-    r = sub.add_parser("run", **quiet, help="train a head and evaluate it", description="Train a head on frozen features, evaluate it, write a report.")
-    data_model_args(r)
+    r = sub.add_parser("run", **quiet, help="train a head and evaluate it",
+                       description="Train a head on frozen features (and fine-tune with --unfreeze), evaluate it, write a report.")
+    _data_args(r)
+    _model_args(r)
     r.add_argument("--out", help="output folder (default runs/<timestamp>)")
-    r.add_argument("--train-size", type=_positive, help="class-balanced subset of the training split")
     r.add_argument("--epochs", type=_positive)
-    r.add_argument("--batch-size", type=_positive)
     r.add_argument("--lr", type=float)
-    r.add_argument("--backbone", choices=list(BACKBONES), metavar="NAME", help=f"one of: {', '.join(BACKBONES)}")
-    r.add_argument("--weights", type=_weights, help="imagenet | none | PATH to a state dict")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--no-standardize", dest="standardize", action="store_const", const=False,
-                   help="feed raw features to the head, as the tutorial did (random backbones then fail)")
+    r.add_argument("--head-epochs", type=_positive, help="head-only epochs before unfreezing (default 1)")
+    r.add_argument("--lr-decay", type=float, help="learning-rate factor per unfrozen stage down (default 0.3)")
+    r.add_argument("--weight-decay", type=float, help="AdamW weight decay when fine-tuning (default 0)")
+    r.add_argument("--bn-train", action="store_const", const=True,
+                   help="let BatchNorm statistics of unfrozen stages move (default: frozen)")
     r.add_argument("--resume", metavar="DIR",
                    help="continue an interrupted run in DIR with its settings (--epochs N trains a finished one longer)")
-    r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    r.add_argument("--overwrite", action="store_true", help="replace the run already in --out, or write into a non-empty folder")
+    RUN_FLAGS.update(s for action in r._actions for s in action.option_strings)  # noqa: SLF001
 
     e = sub.add_parser("evaluate", **quiet, help="evaluate a saved head on its test split",
-                       description="Evaluate a saved head. The model's settings come from the checkpoint; "
+                       description="Evaluate a saved head or model. The model's settings come from the checkpoint; "
                                    "--profile only picks the data (source, test size).")
     e.add_argument("--checkpoint", required=True)
-    data_model_args(e)
+    _data_args(e)
 
     pr = sub.add_parser("predict", help="top-5 classes for image files")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu")
+    pr.add_argument("--device", choices=DEVICES, default="cpu")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
+
+    lf = sub.add_parser("lr-find", **quiet, help="suggest a learning rate (a short exponential sweep)")
+    _data_args(lf)
+    _model_args(lf)
+    lf.add_argument("--out", help="where to write lr_find.png (default: the current folder)")
+
+    sub.add_parser("backbones", help="list the backbones --backbone accepts")
 
     d = sub.add_parser("download", help="fetch CIFAR-100 and ImageNet weights once, for offline rooms")
     d.add_argument("--root", help="data folder (default $CIFAR_TL_DATA or ~/.cache/cifar_tl)")
-    d.add_argument("--backbone", action="append", choices=list(BACKBONES), metavar="NAME",
+    d.add_argument("--backbone", action="append", metavar="NAME",
                    help="weights to fetch (repeatable; default efficientnet_v2_s)")
     return p
 
 
 def _overrides(a) -> dict:
     """The Config fields given on the command line."""
-    fields = set(Config.__dataclass_fields__) - {"profile"}
+    fields = set(Config.fields()) - {"profile"}
     return {k: v for k, v in vars(a).items() if k in fields}
 
 
@@ -122,37 +147,40 @@ def _default_out() -> Path:
     return out
 
 
+def _config(a) -> Config:
+    """The profile's config with the typed options on top."""
+    try:
+        return Config.for_profile(getattr(a, "profile", None)).replace(**_overrides(a)).validate()
+    except ConfigError as e:
+        env = os.environ.get("CIFAR_TL_PROFILE")
+        raise ConfigError(f"{e} (from $CIFAR_TL_PROFILE)" if "profile" not in a and env else str(e)) from None
+
+
 def _run(a) -> int:
     from . import pipeline
 
     if "resume" in a:
         given = set(vars(a)) - {"command", "resume"}
-        fixed = sorted(given - set(RESUME_OPTIONS))
+        fixed = sorted(given - set(Config.resumable()))
         if fixed:
+            allowed = [f for f in Config.resumable() if _flag(f) in RUN_FLAGS]
             raise ConfigError(f"--resume continues {a.resume} with the settings it was started with; drop "
-                              f"{', '.join(map(_flag, fixed))} (only {', '.join(map(_flag, RESUME_OPTIONS))} "
+                              f"{', '.join(map(_flag, fixed))} (only {', '.join(map(_flag, allowed))} "
                               "may be given)")
         pipeline.run(None, a.resume, resume=True, **{k: getattr(a, k) for k in given})
         return 0
-    try:
-        cfg = Config.for_profile(getattr(a, "profile", None)).replace(**_overrides(a))
-    except ConfigError as e:
-        env = os.environ.get("CIFAR_TL_PROFILE")
-        raise ConfigError(f"{e} (from $CIFAR_TL_PROFILE)" if "profile" not in a and env else str(e)) from None
     out = getattr(a, "out", None) or _default_out()
-    pipeline.run(cfg, out, overwrite="overwrite" in a)
+    pipeline.run(_config(a), out, overwrite="overwrite" in a)
     return 0
 
 
 def _evaluate(a) -> int:
     from . import inference
 
-    o = _overrides(a)
-    if "profile" in a:
-        profile = Config.for_profile(a.profile)
-        o = {**{k: getattr(profile, k) for k in EVALUATE_PROFILE_FIELDS}, **o}
-    m = inference.evaluate_checkpoint(a.checkpoint, **o)
-    print(f"test accuracy {m['test_accuracy']:.4f}, top-5 {m['test_top5']:.4f} on {m['n_test']} images ({m['source']})")
+    profile = Config.for_profile(a.profile) if "profile" in a else None
+    m = inference.evaluate_checkpoint(a.checkpoint, profile, **_overrides(a))
+    top5 = f", top-5 {m['test_top5']:.4f}" if m["test_top5"] is not None else ""
+    say(f"test accuracy {m['test_accuracy']:.4f}{top5} on {m['n_test']} images ({m['source']})")
     return 0
 
 
@@ -160,30 +188,51 @@ def _predict(a) -> int:
     from . import inference
 
     failed = 0
-    for path, result in inference.predict_files(a.checkpoint, a.images, device=a.device):
+    for path, result in inference.iter_predictions(a.checkpoint, a.images, device=a.device):
         if isinstance(result, str):
-            print(f"error: {one_line(result, 2000)}", file=sys.stderr)
+            say(f"error: {one_line(result, 2000)}", sys.stderr)
             failed += 1
             continue
-        print(path)
+        say(path)
         for name, prob in result:
-            print(f"  {prob:7.2%}  {name}")
+            say(f"  {prob:7.2%}  {name}")
     return 1 if failed else 0
+
+
+def _lr_find(a) -> int:
+    from . import pipeline
+
+    cfg = _config(a)
+    out = Path(getattr(a, "out", None) or ".")
+    result = pipeline.lr_find(cfg, out)
+    say(f"suggested learning rate {result['suggestion']:.2g} (a tenth of the rate where the smoothed "
+        f"loss was lowest, {result['min_loss_lr']:.2g}); plot: {result['plot']}")
+    return 0
+
+
+def _backbones(_a) -> int:
+    from .backbones import format_backbones_table
+
+    say(format_backbones_table())
+    return 0
 
 
 def _download(a) -> int:
     from . import data
     from .config import default_data_root
-    from .models import build_backbone, weights_file
+    from .backbones import build_backbone, check_backbone, weights_file
 
+    names = a.backbone or ["efficientnet_v2_s"]
+    for name in names:
+        check_backbone(name)
     root = Path(a.root or default_data_root())
     for train in (True, False):
         data.cifar100(root / "cifar100", train=train, download=True)
-    print(f"CIFAR-100 is in {root / 'cifar100'}")
-    for name in a.backbone or ["efficientnet_v2_s"]:
+    say(f"CIFAR-100 is in {root / 'cifar100'}")
+    for name in names:
         build_backbone(name, "imagenet")
-        print(f"{name} ImageNet weights are in {weights_file(name)}")
-    print("offline classroom: copy both folders to each machine (or set CIFAR_TL_DATA and TORCH_HOME)")
+        say(f"{name} ImageNet weights are in {weights_file(name)}")
+    say("offline classroom: copy both folders to each machine (or set CIFAR_TL_DATA and TORCH_HOME)")
     return 0
 
 
@@ -192,22 +241,26 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+HANDLERS = {"run": _run, "evaluate": _evaluate, "predict": _predict, "lr-find": _lr_find,
+            "backbones": _backbones, "download": _download}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a known failure is one line on stderr: exit 2 for bad arguments, else 1."""
     args = build_parser().parse_args(argv)
-    handler = {"run": _run, "evaluate": _evaluate, "predict": _predict, "download": _download}[args.command]
+    enable_notices()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
-        return handler(args)
+        return HANDLERS[args.command](args)
     except ConfigError as e:
-        print(f"python -m cifar_tl {args.command}: error: {one_line(e, 2000)}", file=sys.stderr)
+        say(f"python -m cifar_tl {args.command}: error: {one_line(e, 2000)}", sys.stderr)
         return 2
     except CifarTLError as e:
-        print(f"error: {one_line(e, 2000)}", file=sys.stderr)
+        say(f"error: {one_line(e, 2000)}", sys.stderr)
         return 1
     except KeyboardInterrupt:  # run turns it into Interrupted; this is evaluate, predict, download
-        print(f"error: interrupted: {args.command} did not finish; run it again", file=sys.stderr)
+        say(f"error: interrupted: {args.command} did not finish; run it again", sys.stderr)
         return 1
     except BrokenPipeError:  # `predict ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,8 +1,16 @@
-"""The one Config dataclass, its profiles (full, cpu, smoke, auto) and device selection."""
+"""The one Config dataclass: every option, its role, its checks, the profiles and device selection.
+
+This is the only module that knows which options exist. Other modules ask it by role: what a
+resumed run may change is ``Config.resumable()`` (compute, machine and ``epochs``); what a
+checkpoint must agree on is ``cfg.diff(other, roles=("model",))``; what ``evaluate`` takes from
+this machine is the ``machine`` role.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +19,16 @@ import torch
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 PROFILES = ("full", "cpu", "smoke", "auto")
+ROLES = ("data", "model", "training", "compute", "machine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "openvino")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# Bounds that keep a typo from allocating the machine away (issue: --image-size 3000000).
+MAX_IMAGE_SIZE = 4096
+MAX_SEED = 2**32 - 1
 
 
 def default_data_root() -> str:
@@ -19,61 +36,91 @@ def default_data_root() -> str:
     return os.environ.get("CIFAR_TL_DATA") or str(Path.home() / ".cache" / "cifar_tl")
 
 
+def _f(default, role: str, *, factory=None, resumable: bool = False):
+    """A field with its role (one of ``ROLES``). ``resumable`` marks a training field that a
+    resumed run may still change (only ``epochs``: train a run longer)."""
+    meta = {"role": role, "resumable": resumable or role in ("compute", "machine")}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Config:
-    """Everything a run depends on. Every checkpoint and metrics file stores ``asdict(cfg)``.
+    """Everything a run depends on. Every checkpoint and metrics file stores ``cfg.to_dict()``.
 
     The defaults are the source tutorial's recipe (the ``full`` profile).
     """
 
-    profile: str = "full"
-    # data
-    source: str = "cifar100"  # cifar100 | synthetic | folder:PATH
-    data_root: str = field(default_factory=default_data_root)
-    train_size: int | None = None  # None = the whole split; else a class-balanced subset
-    test_size: int | None = None
-    image_size: int = 300  # EfficientNetV2-S was trained at 300 px (the tutorial resizes 32 -> 300)
-    # model
-    backbone: str = "efficientnet_v2_s"
-    weights: str | None = "imagenet"  # "imagenet" (torchvision's enum), None (random) or a file path
-    hidden: tuple[int, ...] = (256, 256)  # the tutorial's head: width-256-256-classes
-    standardize: bool = True  # per-feature z-score before the head; see README "Differences"
+    profile: str = _f("full", "profile")
+    # data: which images, how many
+    source: str = _f("cifar100", "data")  # cifar100 | synthetic | folder:PATH
+    train_size: int | None = _f(None, "data")  # None = the whole split; else a class-balanced subset
+    test_size: int | None = _f(None, "data")
+    # model: what the head is trained on, and the head itself
+    backbone: str = _f("efficientnet_v2_s", "model")  # any torchvision classification model
+    weights: str | None = _f("imagenet", "model")  # "imagenet", None (random) or a state-dict file
+    image_size: int = _f(300, "model")  # EfficientNetV2-S was trained at 300 px (the tutorial: 32 -> 300)
+    hidden: tuple[int, ...] = _f((256, 256), "model")  # the tutorial's head: width-256-256-classes
+    standardize: bool = _f(True, "model")  # per-feature z-score before the head; README "Differences"
     # training
-    batch_size: int = 8  # the tutorial's value; the cached path can afford far more
-    lr: float = 1e-3  # Adam, as in the tutorial
-    epochs: int = 1
-    seed: int = 0
-    # execution
-    device: str = "auto"  # auto | cpu | cuda | mps
-    cache: bool = True  # the fast path: extract frozen features once, train the head on them
-    amp: bool = True  # autocast the frozen backbone on CUDA (bf16/fp16); never on CPU
-    num_workers: int = 0  # DataLoader workers of the tutorial path; 0 works everywhere
-    extract_batch_size: int | None = None  # None = sized to the device
-    progress: bool = True
+    batch_size: int = _f(8, "training")  # the tutorial's value; the cached path can afford far more
+    lr: float = _f(1e-3, "training")  # Adam, as in the tutorial
+    epochs: int = _f(1, "training", resumable=True)
+    seed: int = _f(0, "training")
+    cache: bool = _f(True, "training")  # the fast path: frozen features extracted once, head trained on them
+    unfreeze: int | str = _f(0, "training")  # top stages of the backbone to fine-tune: 0 (frozen), K or "all"
+    head_epochs: int | None = _f(None, "training")  # head-only epochs before unfreezing (None: 1 when unfreeze)
+    lr_decay: float = _f(0.3, "training")  # each unfrozen stage down trains at this fraction of the one above
+    weight_decay: float = _f(0.0, "training")  # AdamW's, when fine-tuning; 0 keeps the tutorial's Adam
+    bn_train: bool = _f(False, "training")  # let BatchNorm statistics of unfrozen stages move
+    # compute: how the frozen backbone computes; results agree within numerical precision, and
+    # `evaluate` keeps the trained values (so it reproduces the run's accuracy) unless told otherwise
+    precision: str = _f("auto", "compute")  # of the frozen backbone: auto | fp32 | bf16 | fp16
+    engine: str = _f("auto", "compute")  # of the frozen backbone on a CPU: auto | torch | openvino
+    # machine: where it runs and where its files are; the results do not depend on them
+    data_root: str = _f(None, "machine", factory=default_data_root)
+    device: str = _f("auto", "machine")  # auto | cpu | cuda | mps
+    num_workers: int = _f(0, "machine")  # DataLoader workers of the tutorial path; 0 works everywhere
+    extract_batch_size: int | None = _f(None, "machine")  # None = sized to the device
+    progress: bool = _f(True, "machine")
 
+    # ------------------------------------------------------------------ building
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> Config:
         """Build the config of a profile, then apply overrides.
 
         ``profile=None`` reads ``$CIFAR_TL_PROFILE``, falling back to ``auto``. ``auto`` picks
-        ``full`` when CUDA is available and ``cpu`` otherwise, and says why.
+        ``full`` when CUDA is available and ``cpu`` otherwise, and says why (a logging notice).
         """
         name = profile or os.environ.get("CIFAR_TL_PROFILE") or "auto"
         if name not in PROFILES:
             raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
         if name == "auto":
             name, why = resolve_auto()
-            print(f"profile: auto -> {name} ({why})")
+            log.info("profile: auto -> %s (%s)", name, why)
         if name == "cpu":
-            print(CPU_TRADES)
-        cfg = cls(profile=name, **_PROFILE_FIELDS[name])
+            log.info("%s", cpu_trades())
+        cfg = cls(profile=name, **PROFILE_FIELDS[name])
         return cfg.replace(**overrides) if overrides else cfg
 
     def replace(self, **changes) -> Config:
-        """A copy with some fields changed: ``cfg.replace(epochs=3)``."""
-        if "hidden" in changes:
+        """A copy with some fields changed: ``cfg.replace(epochs=3)``. Unknown names are a ConfigError."""
+        unknown = sorted(set(changes) - set(self.fields()))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+        if "hidden" in changes and changes["hidden"] is not None:
             changes["hidden"] = tuple(changes["hidden"])
+        if "weights" in changes:
+            changes["weights"] = normalize_weights(changes["weights"])
         return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        self.weights = normalize_weights(self.weights)
+        if isinstance(self.unfreeze, str) and self.unfreeze.strip().isdigit():
+            self.unfreeze = int(self.unfreeze)
+        if isinstance(self.hidden, list):
+            self.hidden = tuple(self.hidden)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -82,23 +129,154 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
+        """A Config from a stored dict (config.json, a checkpoint); unknown keys of older or newer
+        versions are ignored. Raises ConfigError when ``d`` is not a dict of plausible values."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a stored config must be a JSON object, got {type(d).__name__}")
+        known = set(cls.fields())
+        if d.get("amp") is False and "precision" not in d:  # written before `precision` existed
+            d = {**d, "precision": "fp32"}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"a stored config is damaged ({e})") from None
+
+    # ------------------------------------------------------------------ roles and differences
+    @classmethod
+    def fields(cls, *roles: str) -> tuple[str, ...]:
+        """Field names, all of them or those of the given roles, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls) if not roles or f.metadata["role"] in roles)
+
+    @classmethod
+    def resumable(cls) -> tuple[str, ...]:
+        """What a resumed run may change: the machine, and how long it trains."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["resumable"])
+
+    def select(self, *roles: str) -> dict:
+        """{name: value} of the fields of the given roles."""
+        return {k: getattr(self, k) for k in self.fields(*roles)}
+
+    def diff(self, other: Config, roles: tuple[str, ...] = ROLES, ignore: tuple[str, ...] = ()) -> dict:
+        """{name: (self's value, other's value)} for every field of ``roles`` that differs."""
+        return {k: (getattr(self, k), getattr(other, k)) for k in self.fields(*roles)
+                if k not in ignore and getattr(self, k) != getattr(other, k)}
+
+    @staticmethod
+    def describe_diff(diff: dict, mine: str = "has", theirs: str = "given") -> str:
+        """'image_size: has 32, given 48; backbone: ...' for a message."""
+        return "; ".join(f"{k}: {mine} {a!r}, {theirs} {b!r}" for k, (a, b) in diff.items())
+
+    # ------------------------------------------------------------------ derived
+    def head_phase_epochs(self) -> int:
+        """Head-only epochs on cached features before fine-tuning: 0 for a frozen run, else
+        ``head_epochs`` (default 1)."""
+        return 0 if self.unfreeze == 0 else (self.head_epochs or 1)
+
+    def total_epochs(self) -> int:
+        """Every epoch a run trains: the head phase, then ``epochs`` (fine-tuning when ``unfreeze``)."""
+        return self.head_phase_epochs() + self.epochs
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> Config:
+        """Raise ConfigError (one line, exit 2 in the CLI) for any value no run can use; return self."""
+        for name in ("epochs", "batch_size", "image_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("train_size", "test_size", "extract_batch_size", "head_epochs"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"image-size {self.image_size} is above the {MAX_IMAGE_SIZE} px this "
+                              "package accepts (CIFAR images are 32 px; EfficientNetV2-S uses 300)")
+        _positive_number("lr", self.lr)
+        _positive_number("lr-decay", self.lr_decay, upper=1.0)
+        if not _number(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight-decay must be a number >= 0, got {self.weight_decay!r}")
+        if not _int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer from 0 to 2**32-1, got {self.seed!r}")
+        if not _int(self.num_workers) or self.num_workers < 0:
+            raise ConfigError(f"num-workers must be an integer >= 0, got {self.num_workers!r}")
+        if not isinstance(self.hidden, tuple) or not all(_int(h) and 0 < h <= 65536 for h in self.hidden):
+            raise ConfigError(f"hidden must be positive layer widths, got {self.hidden!r}")
+        for name in ("standardize", "cache", "bn_train", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, allowed in (("profile", PROFILES), ("device", DEVICES), ("precision", PRECISIONS),
+                              ("engine", ENGINES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if not isinstance(self.data_root, str) or not self.data_root:
+            raise ConfigError(f"data-root must be a folder, got {self.data_root!r}")
+        parse_unfreeze(self.unfreeze)
+        from . import data, models  # data and model modules know their own names
+
+        data.check_source(self.source)
+        models.check_backbone(self.backbone)
+        models.check_image_size(self.backbone, self.image_size)
+        return self
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(name: str, v) -> None:
+    if not _int(v) or v <= 0:
+        raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+
+def _positive_number(name: str, v, upper: float | None = None) -> None:
+    if not _number(v) or v <= 0 or (upper is not None and v > upper):
+        bound = f" at most {upper:g}" if upper is not None else ""
+        raise ConfigError(f"{name} must be a positive number{bound}, got {v!r}")
+
+
+def parse_unfreeze(value) -> int | str:
+    """0, a positive number of top stages, or "all"; ConfigError otherwise."""
+    if value == "all":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not _int(value) or value < 0:
+        raise ConfigError(f"unfreeze must be 0, a positive number of stages or 'all', got {value!r}")
+    return value
+
+
+def normalize_weights(weights) -> str | None:
+    """The one reading of ``weights``: None / "none" / "random" -> None (random initialisation),
+    "imagenet" (any case) -> "imagenet", anything else -> an absolute path to a state-dict file
+    (stored absolute so that a checkpoint works from any folder)."""
+    if weights is None:
+        return None
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ConfigError(f"weights must be 'imagenet', 'none' or a file, got {weights!r}")
+    text = os.fspath(weights).strip()
+    if text.lower() in ("none", "random", ""):
+        return None
+    if text.lower() == "imagenet":
+        return "imagenet"
+    return str(Path(text).expanduser().resolve())
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and flips: it depends on (seed, epoch) alone, so a resumed
+    run draws exactly the batches of an uninterrupted one."""
+    return seed * 100_003 + epoch
 
 
 # What each profile changes from the defaults above, and why.
-_PROFILE_FIELDS: dict[str, dict] = {
+PROFILE_FIELDS: dict[str, dict] = {
     # The tutorial, unchanged: a GPU job (about 10.6 GFLOP per image at 300 px).
     "full": {},
-    # The same recipe sized for a 2-core CPU in about 12 minutes: 160 px instead of 300 px
-    # (3.5x fewer pixels), half the training set (250 images per class), the whole test set.
-    # Measured on 2 cores (benchmarks/README.md): 676.8 s in all, 666 s of it extracting
-    # 2 x 25,000 + 10,000 images at 160 px; the head's one epoch on cached features takes 3 s.
+    # The same recipe sized for a 2-core CPU in about 12 minutes (benchmarks/README.md): a
+    # smaller image size and a class-balanced part of the training set, the whole test set.
     "cpu": dict(image_size=160, train_size=25_000),
-    # Offline and quick: synthetic CIFAR-like images and a randomly initialised backbone.
+    # Offline and quick: synthetic CIFAR-like images and a randomly initialised backbone. fp32
+    # on the torch engine, so that every machine computes the same features and CI's checks of
+    # bit-identical runs hold everywhere.
     "smoke": dict(
         source="synthetic",
         weights=None,
@@ -107,15 +285,23 @@ _PROFILE_FIELDS: dict[str, dict] = {
         test_size=500,
         epochs=15,
         batch_size=32,
-        amp=False,  # random-backbone features differ only in the 6th digit: keep fp32
+        precision="fp32",
+        engine="torch",
+        # A random backbone's features differ across images by about 1e-6 of their size: any
+        # real update to its stages swamps that. Its stages train 1,000x slower than the head, so
+        # fine-tuning here shows the mechanics without wrecking the features (issue 11's measure).
+        lr_decay=0.001,
     ),
 }
 
-CPU_TRADES = (
-    "cpu profile trades: 160 px instead of 300 and 25,000 of 50,000 training images "
-    "(class-balanced); the whole test set, batch 8, Adam 1e-3, 1 epoch as in the full run; "
-    "expect a few points less accuracy than the full run"
-)
+
+def cpu_trades() -> str:
+    """What the cpu profile gives up against the full one, from the profile's own values."""
+    full, cpu = Config(**PROFILE_FIELDS["full"]), Config(**PROFILE_FIELDS["cpu"])
+    return (f"cpu profile trades: {cpu.image_size} px instead of {full.image_size} and "
+            f"{cpu.train_size:,} of 50,000 training images (class-balanced); the whole test set, "
+            f"batch {cpu.batch_size}, Adam {cpu.lr:g}, {cpu.epochs} epoch as in the full run; "
+            "expect a few points less accuracy than the full run")
 
 
 def resolve_auto() -> tuple[str, str]:
@@ -126,17 +312,12 @@ def resolve_auto() -> tuple[str, str]:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` means CUDA, then Apple's MPS, then the CPU."""
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if name == "mps" and not mps:
         raise ConfigError("--device mps was asked for, but MPS is not available here")
     if name not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")

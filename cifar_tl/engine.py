@@ -1,17 +1,24 @@
-"""The loops: train_one_epoch, evaluate, fit and predict, for images and cached features alike."""
+"""The loops (train_one_epoch, evaluate, fit, predict) for images and cached features, and the head's CPU threads."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .config import epoch_seed
+from .errors import TrainingDiverged
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -24,6 +31,24 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
     """Adam over the trainable parameters only, as in the tutorial."""
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+@contextmanager
+def head_threads(device, threads: int = 1):
+    """Train a head on cached features with ``threads`` CPU threads (restored after).
+
+    The head's matrices are tiny (batch 8 x 1280 x 256): on a CPU, splitting each across two
+    threads costs more in synchronisation than it saves, and when anything else runs on the
+    machine the threads wait for each other's time slices (benchmarks/README.md, "Threads for
+    the head"). No effect on GPUs.
+    """
+    before = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(min(threads, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bar(loader, desc: str, progress: bool):
@@ -40,6 +65,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, device, progre
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = model(x)
         loss = loss_fn(out, y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} after {n} sample(s) of this epoch: the learning rate "
+                "is probably too high (try a 10x lower --lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -57,16 +86,13 @@ class Evaluation:
     """The result of evaluating a whole split once, with per-sample predictions for plots."""
 
     accuracy: float
-    top5: float
+    top5: float | None  # None with 5 classes or fewer
     loss: float
     n: int
     targets: torch.Tensor = field(repr=False)  # [N]
     preds: torch.Tensor = field(repr=False)  # [N] top-1 class
     confidence: torch.Tensor = field(repr=False)  # [N] softmax probability of the top-1 class
     top5_preds: torch.Tensor = field(repr=False)  # [N, 5]
-
-    def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss, "n": self.n}
 
 
 @torch.inference_mode()
@@ -85,10 +111,12 @@ def evaluate(model: nn.Module, loader, device, progress: bool = True, desc: str 
         top5s.append(top.cpu())
         confs.append(conf[:, 0].cpu())
     targets_t, top5_t = torch.cat(targets), torch.cat(top5s)
+    num_classes = out.shape[1]
     n = len(targets_t)
     return Evaluation(
         accuracy=(top5_t[:, 0] == targets_t).float().mean().item(),
-        top5=(top5_t == targets_t[:, None]).any(1).float().mean().item(),
+        # With 5 classes or fewer every sample is in its top 5: no figure rather than a false 1.0.
+        top5=(top5_t == targets_t[:, None]).any(1).float().mean().item() if num_classes > 5 else None,
         loss=total_loss / n,
         n=n,
         targets=targets_t,
@@ -103,7 +131,7 @@ def _set_epoch(loader, seed: int, epoch: int) -> None:
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     elif getattr(loader, "generator", None) is not None:
-        loader.generator.manual_seed(seed * 100_003 + epoch)
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
 def fit(
@@ -126,7 +154,8 @@ def fit(
     and seconds. ``on_epoch_end(row, model, optimizer)`` is called after each completed epoch
     (plots, checkpoints). On KeyboardInterrupt (a kernel interrupt, or SIGTERM via the CLI)
     the model is put back to the end of the last completed epoch and the history so far is
-    returned: nothing of a finished epoch is lost.
+    returned: nothing of a finished epoch is lost. A NaN or infinite loss puts the model back the
+    same way, then raises ``TrainingDiverged``.
     """
     model.to(device)
     optimizer = optimizer or make_optimizer(model, lr)
@@ -145,11 +174,14 @@ def fit(
                 ev = evaluate(model, test_loader, device, progress)
                 row.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_top5=ev.top5)
             row["seconds"] = time.perf_counter() - t0
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TrainingDiverged) as e:
             trained.load_state_dict(saved[0])
             optimizer.load_state_dict(saved[1])
-            print(f"interrupted during epoch {epoch + 1}: kept the model and history of "
-                  f"{len(history)} completed epoch(s)")
+            if isinstance(e, TrainingDiverged):
+                raise TrainingDiverged(f"epoch {epoch + 1}: {e}; kept the {len(history)} completed "
+                                       "epoch(s)") from None
+            log.warning("interrupted during epoch %d: kept the model and history of %d completed "
+                        "epoch(s)", epoch + 1, len(history))
             break
         history.append(row)
         saved = copy.deepcopy(trained.state_dict()), copy.deepcopy(optimizer.state_dict())
@@ -164,3 +196,66 @@ def predict(model: nn.Module, x: torch.Tensor, device="cpu", k: int = 5) -> tupl
     model.eval().to(device)
     probs = model(x.to(device)).float().softmax(1)
     return [t.cpu() for t in probs.topk(min(k, probs.shape[1]), dim=1)]
+
+
+# --------------------------------------------------------------------------- learning-rate finder
+def lr_find(model: nn.Module, loader, device="cpu", *, start_lr: float = 1e-7, end_lr: float = 10.0,
+            steps: int = 100, beta: float = 0.98, diverge: float = 4.0, optimizer_fn=None,
+            loss_fn=None) -> dict:
+    """Smith's learning-rate range test (fastai's ``lr_find``): train ``steps`` batches with the
+    rate growing exponentially from ``start_lr`` to ``end_lr``, record the loss smoothed by an
+    exponential moving average (``beta``, bias-corrected), stop once it exceeds ``diverge`` times
+    its minimum, and put the model back as it was.
+
+    Returns {"lrs", "losses" (smoothed), "raw", "min_loss_lr", "suggestion"}; the suggestion is the
+    rate of the lowest smoothed loss divided by 10: a rate well inside the range where the loss
+    still falls fast. ``optimizer_fn(params, lr)`` defaults to Adam, as the head's.
+    """
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = copy.deepcopy(model.state_dict())
+    opt = (optimizer_fn or (lambda ps, lr: torch.optim.Adam(ps, lr=lr)))(params, start_lr)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    mult = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    lrs, losses, raw, avg, best = [], [], [], 0.0, float("inf")
+    batches = _endless(loader)
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        for i in range(steps):
+            lr = start_lr * mult**i
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = next(batches)
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            avg = beta * avg + (1 - beta) * value
+            smooth = avg / (1 - beta ** (i + 1))
+            if not np.isfinite(smooth):
+                break
+            lrs.append(lr), losses.append(smooth), raw.append(value)
+            best = min(best, smooth)
+            if smooth > diverge * best:
+                break
+    model.load_state_dict(saved)
+    if not lrs:
+        raise TrainingDiverged(f"the loss was not finite at the first learning rate ({start_lr:g}): lower start_lr")
+    min_lr = lrs[int(np.argmin(losses))]
+    return {"lrs": lrs, "losses": losses, "raw": raw, "min_loss_lr": min_lr, "suggestion": min_lr / 10}
+
+
+def _endless(loader):
+    """Batches of ``loader`` again and again (a new epoch's order each pass)."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("lr_find: the loader yields no batches")
+        epoch += 1

@@ -1,190 +1,53 @@
-"""The fast path: batched preprocessing on the device, frozen-feature extraction, the on-disk cache."""
+"""Frozen features: extraction in large batches, the on-disk cache with a per-view record, FeatureLoader."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import sys
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, backbone_fingerprint
-from .data import IMAGENET_MEAN, IMAGENET_STD, open_image
+from .checkpoint import backbone_fingerprint
+from .config import epoch_seed
+from .engines import BackboneRunner, make_runner, resolve_engine, resolve_precision
 from .errors import CifarTLError
+from .images import FolderImages, images_uint8
+from .memory import fit_batch
+from .preprocess import preprocess
+from .storage import atomic_save
 
-# 2: preprocess became bit-exact with PIL's resize and centre-crops non-square images.
-CACHE_FORMAT = 2
+log = logging.getLogger(__name__)
+
+# 3: a per-view presence record (views are extracted as training needs them); engine in the key.
+CACHE_FORMAT = 3
 VIEWS_TRAIN = ("original", "flipped")
 VIEWS_TEST = ("original",)
+# From 3 epochs on a training image needs both views with probability 1 - 2**(1-E) >= 75%, and
+# extracting them all (1.75 -> 2 views per image at E = 3) spares later runs any extraction.
+ALL_VIEWS_FROM_EPOCHS = 3
 # Features are cached in float32, never float16: a random backbone's features differ across
 # images only in the sixth significant digit (the smoke profile), which float16 (3 digits) erases.
-
-
-# --------------------------------------------------------------------------- images
-class FolderImages:
-    """A folder source's images, decoded lazily: ``images[i:j]`` is uint8 [j-i, 3, S, S].
-
-    Each slice is decoded, resized (shorter side) and centre-cropped with PIL, as the tutorial's
-    transform does. Only one slice is ever in memory: 50,000 photos at 300 px would be 13.5 GB.
-    """
-
-    def __init__(self, samples, image_size: int):
-        self.paths = [str(p) for p, _ in samples]
-        self.image_size = image_size
-        self.shape = (len(self.paths), 3, image_size, image_size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: slice) -> torch.Tensor:
-        from torchvision.transforms import CenterCrop, PILToTensor, Resize
-
-        paths = self.paths[index]
-        resize, crop, to_tensor = Resize(self.image_size), CenterCrop(self.image_size), PILToTensor()
-        out = torch.empty(len(paths), *self.shape[1:], dtype=torch.uint8)
-        for i, path in enumerate(paths):
-            out[i] = to_tensor(crop(resize(open_image(path))))
-        return out
-
-    def fingerprint(self) -> bytes:
-        """What identifies the images without decoding them: each file's path, size and mtime."""
-        stats = [(p, st.st_size, st.st_mtime_ns) for p in self.paths for st in [os.stat(p)]]
-        return json.dumps(stats).encode()
-
-
-def images_uint8(ds, image_size: int) -> torch.Tensor | FolderImages:
-    """A source's images as uint8 [N, 3, H, W], sliceable in batches, without per-image Python.
-
-    Fixed-size sources (CIFAR-100, synthetic) expose ``data`` [N, H, W, 3], used as one tensor
-    (32 px: 50,000 images are 150 MB). Folders give a lazy ``FolderImages``.
-    """
-    if getattr(ds, "data", None) is not None:
-        return torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return FolderImages(ds.samples, image_size)
-
-
-# --------------------------------------------------------------------------- preprocessing
-# PIL resizes 8-bit images in fixed point: weights scaled by 2**22 and rounded to integers, a
-# horizontal pass rounded to 8 bits, then a vertical pass. Doing the same arithmetic (in float64,
-# where these integer sums are exact) gives PIL's pixels bit for bit. Plain bilinear
-# interpolation in float differs from PIL by one 8-bit level in about 20% of the pixels.
-_PIL_BITS = 22
-
-
-@lru_cache(maxsize=64)
-def _pil_bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """PIL's integer weights [n_out, n_in] for resizing one axis (Pillow's precompute_coeffs).
-
-    A triangle filter on half-pixel centres, widened by the scale when shrinking (antialias).
-    """
-    scale = n_in / n_out
-    filterscale = max(scale, 1.0)
-    support = filterscale  # the bilinear filter's support is 1 input pixel, times the scale
-    kk = np.zeros((n_out, n_in), dtype=np.float64)
-    for xx in range(n_out):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), n_in)
-        x = np.arange(xmax - xmin, dtype=np.float64)
-        w = np.clip(1.0 - np.abs((x + xmin - center + 0.5) / filterscale), 0.0, None)
-        if w.sum() != 0:
-            w = w / w.sum()
-        kk[xx, xmin:xmax] = np.trunc(0.5 + w * (1 << _PIL_BITS))  # weights are >= 0
-    return kk
-
-
-@lru_cache(maxsize=64)
-def _weights_on(n_in: int, n_out: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Rows start:stop of the weights, as float64 on the device, made once (no copy per batch)."""
-    with torch.inference_mode(False):  # a normal tensor, usable in and out of inference_mode
-        return torch.from_numpy(_pil_bilinear_weights(n_in, n_out)[start:stop]).to(device)
-
-
-def _pil_pass(weighted_sum: torch.Tensor) -> torch.Tensor:
-    """PIL's rounding of one pass: (sum + 2**21) >> 22, clipped to 0..255."""
-    return torch.floor((weighted_sum + (1 << (_PIL_BITS - 1))) / (1 << _PIL_BITS)).clamp_(0, 255)
-
-
-def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
-    """torchvision's ``Resize(size)`` with one number: the shorter side becomes ``size``."""
-    if w <= h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
-
-
-def resize_crop(x: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 [B,3,h,w] -> float32 [B,3,S,S] of 8-bit levels: ``Resize(S)`` + ``CenterCrop(S)`` on
-    PIL images, bit for bit (bilinear, antialiased when shrinking, PIL's fixed-point rounding).
-
-    Only the rows and columns the crop keeps are computed. float64: PIL's integer sums (up to
-    2**30) are exact in it; MPS lacks it, so there the resize runs on the CPU.
-    """
-    h, w = x.shape[-2:]
-    nh, nw = resized_size(h, w, image_size)
-    top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
-    if (nh, nw) == (h, w):  # torchvision skips the resize then, and so do we
-        return x[..., top : top + image_size, left : left + image_size].to(torch.float32)
-    dev = x.device
-    x = x.to("cpu" if dev.type == "mps" else dev, torch.float64)
-    if nw != w:  # PIL resizes horizontally first, rounding to 8 bits in between
-        x = _pil_pass(x @ _weights_on(w, nw, left, left + image_size, x.device).T)
-    else:
-        x = x[..., left : left + image_size]
-    if nh != h:
-        x = _pil_pass(_weights_on(h, nh, top, top + image_size, x.device) @ x)
-    else:
-        x = x[..., top : top + image_size, :]
-    return x.to(dev, torch.float32)
-
-
-@lru_cache(maxsize=8)
-def _mean_std_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std [1,3,1,1] on the device, made once: a host-to-device copy per batch
-    would make the CPU wait for the GPU every batch."""
-    with torch.inference_mode(False):
-        return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-                torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
-
-
-def channels_last_pays(device: torch.device) -> bool:
-    """channels_last for the backbone: on CUDA (tensor cores) and on the CPU, where oneDNN ran
-    efficientnet_v2_s 10-25% faster with it at 64 and 112 px (benchmarks/README.md). Not on MPS."""
-    return torch.device(device).type in ("cuda", "cpu")
-
-
-def preprocess(x: torch.Tensor, image_size: int, channels_last: bool | None = None) -> torch.Tensor:
-    """uint8 [B,3,h,w] on any device -> normalised float32 [B,3,S,S] on the same device.
-
-    Equals the tutorial's ``Resize(S)``, ``CenterCrop(S)``, ``ToTensor()``, ``Normalize(...)`` per
-    PIL image: the pixels bit for bit (``resize_crop``), the normalisation in the same float
-    operations. ``channels_last`` defaults to what pays on the device.
-    """
-    x = resize_crop(x, image_size).to(torch.float32).div_(255)
-    mean, std = _mean_std_on(x.device)
-    x = x.sub_(mean).div_(std)
-    if channels_last is None:
-        channels_last = channels_last_pays(x.device)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+# Views not extracted yet hold NaN: a loader that read one would fail loudly, never train on it.
 
 
 # --------------------------------------------------------------------------- extraction
 def default_extract_batch(device: torch.device, image_size: int) -> int:
-    """Images per batch (the backbone sees twice as many with both views): large on a GPU. On
-    the 2-core CPU (benchmarks/README.md), efficientnet_v2_s ran fastest with forward batches
-    of 64 at 64 px and 32 at 112 px, slower above (caches overflow): 2048 / image_size images."""
+    """Images per batch (the backbone sees one batch per view): large on a GPU; on a CPU about
+    2048 / image_size, where the caches stop holding a batch (benchmarks/README.md, "CPU choices")."""
     if torch.device(device).type == "cuda":
         return int(max(32, min(1024, 512 * (224 / image_size) ** 2)))
     return int(max(8, min(64, 2048 // image_size)))
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """bf16 autocast on CUDA where supported (else fp16); None (fp32) elsewhere."""
+    """The autocast dtype of ``extract(amp=...)`` without a runner: bf16 on CUDA where supported
+    (else fp16), None (fp32) elsewhere. ``engines.resolve_precision`` is the full rule."""
     if not amp or torch.device(device).type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -201,159 +64,236 @@ def _cudnn_benchmark(on: bool):
         torch.backends.cudnn.benchmark = before
 
 
-def extract(
-    backbone: torch.nn.Module,
-    images: torch.Tensor | FolderImages,
-    image_size: int,
-    device: torch.device,
-    views: tuple[str, ...] = VIEWS_TRAIN,
-    batch_size: int | None = None,
-    amp: bool = True,
-    progress: bool = True,
-    desc: str = "extract",
-) -> torch.Tensor:
-    """Pooled features of every image, for each view: float32 [N, len(views), D] on the CPU.
+def _rows(images, idx: torch.Tensor) -> torch.Tensor:
+    """images[idx] for a tensor, a lazy folder (one decode per image either way) or a slice."""
+    if isinstance(images, torch.Tensor):
+        return images[idx.to(images.device)]
+    if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1:  # contiguous: one slice
+        return images[int(idx[0]) : int(idx[-1]) + 1]
+    return torch.cat([images[int(i) : int(i) + 1] for i in idx])
 
-    The backbone runs in eval mode, under inference_mode, in large batches holding all views of
-    each image, channels_last and autocast on CUDA. Only one batch is ever resized: never the
-    whole dataset (54 GB at 300 px in float32). On CUDA, a uint8 dataset up to 1 GB (CIFAR's 50,000
-    images are 150 MB) is copied to the GPU once, and the features stay there until the end.
+
+def extract(backbone: torch.nn.Module, images: torch.Tensor | FolderImages, image_size: int,
+            device: torch.device, views: tuple[str, ...] = VIEWS_TRAIN, batch_size: int | None = None,
+            amp: bool = True, progress: bool = True, desc: str = "extract", *,
+            runner: BackboneRunner | None = None, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """Pooled features of the images (``indices`` of them, else all), for each view: float32
+    [N, len(views), D] on the CPU.
+
+    ``runner`` (``engines.make_runner``) says how the backbone runs; without one it runs on torch,
+    in bf16/fp16 autocast on CUDA when ``amp``, fp32 elsewhere. Batches hold all views of their
+    images. Only one batch is ever resized: never the whole dataset (54 GB at 300 px in float32);
+    a batch that would not fit in half the free memory is made smaller (``memory.fit_batch``).
+    On CUDA, a uint8 dataset up to 1 GB is copied to the GPU once.
     """
     device = torch.device(device)
+    if runner is None:
+        dtype = amp_dtype(device, amp)
+        runner = BackboneRunner(backbone, device, {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, "fp16"))
+    device = runner.device
     cuda = device.type == "cuda"
-    cl = channels_last_pays(device)
-    # Outside inference_mode: parameters converted in it would become inference tensors.
-    backbone = backbone.to(device).eval()
-    if cl:
-        backbone = backbone.to(memory_format=torch.channels_last)
-    bs = batch_size or default_extract_batch(device, image_size)
-    dtype = amp_dtype(device, amp)
-    n = len(images)
+    bs = fit_batch(backbone, image_size, batch_size or default_extract_batch(device, image_size),
+                   len(views), device)
+    indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     if cuda and isinstance(images, torch.Tensor) and images.nbytes <= 2**30:
         images = images.to(device)
+    n = len(indices)
     out = torch.empty(n, len(views), backbone.num_features, device=device if cuda else "cpu")
     with torch.inference_mode(), _cudnn_benchmark(cuda):
         for i in tqdm(range(0, n, bs), desc=desc, disable=not progress, leave=False, file=sys.stdout):
-            chunk = images[i : i + bs]
+            chunk = _rows(images, indices[i : i + bs])
             if chunk.device != device:
                 chunk = (chunk.pin_memory() if cuda else chunk).to(device, non_blocking=True)
-            x = preprocess(chunk, image_size, channels_last=cl)
+            x = preprocess(chunk, image_size, channels_last=runner.channels_last)
             x = torch.cat([x.flip(-1) if v == "flipped" else x for v in views])
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                f = backbone(x)
-            out[i : i + len(chunk)] = f.float().view(len(views), len(chunk), -1).transpose(0, 1)
+            f = runner(x).to(out.device)
+            out[i : i + len(chunk)] = f.view(len(views), len(chunk), -1).transpose(0, 1)
     return out.cpu()
+
+
+# --------------------------------------------------------------------------- which views
+def epoch_draw(n: int, n_views: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training epoch's (order [n], view of each sample [n]), from (seed, epoch) alone: what
+    ``FeatureLoader`` iterates, and what ``plan_views`` extracts beforehand."""
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(n, generator=g)
+    return order, torch.randint(n_views, (n,), generator=g)
+
+
+def plan_views(n: int, seed: int, epochs: int, n_views: int = 2) -> torch.Tensor:
+    """bool [n, n_views]: the views that ``epochs`` training epochs will sample (one per image at
+    1 epoch, about 1.5 at 2), or all of them from ``ALL_VIEWS_FROM_EPOCHS`` epochs on."""
+    if epochs >= ALL_VIEWS_FROM_EPOCHS:
+        return torch.ones(n, n_views, dtype=torch.bool)
+    needed = torch.zeros(n, n_views, dtype=torch.bool)
+    for epoch in range(epochs):
+        needed[torch.arange(n), epoch_draw(n, n_views, seed, epoch)[1]] = True
+    return needed
 
 
 # --------------------------------------------------------------------------- cache
 def cache_key(images: torch.Tensor | FolderImages, targets, backbone: str, weights, image_size: int,
-              views: tuple[str, ...], precision: str, weights_digest: str | None = None) -> str:
+              views: tuple[str, ...], precision: str, weights_digest: str | None = None,
+              engine: str = "torch") -> str:
     """A hash of everything the features depend on: the image bytes themselves (a folder's
-    files by path, size and modification time), targets, backbone, weights, size, views, precision.
+    files by path, size and modification time), targets, backbone, weights, size, views, and the
+    engine and precision it ran in.
 
     ``weights_digest`` (``checkpoint.backbone_fingerprint``, a hash of the backbone's tensors) is
     what names the weights for sure: two random backbones are both ``weights=None``.
     """
     h = hashlib.sha256()
-    if isinstance(images, FolderImages):
-        h.update(images.fingerprint())
-    else:
+    if isinstance(images, torch.Tensor):
         h.update(images.contiguous().numpy().data)
+    else:
+        h.update(images.fingerprint())
     h.update(np.asarray(targets, dtype=np.int64).tobytes())
     desc = dict(format=CACHE_FORMAT, n=len(targets), shape=list(images.shape), backbone=backbone,
                 weights=str(weights), weights_digest=weights_digest, image_size=image_size,
-                views=list(views), precision=precision)
+                views=list(views), precision=precision, engine=engine)
     h.update(json.dumps(desc, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 
-def _read_cache(path: Path, key: str, targets: torch.Tensor, n_views: int) -> torch.Tensor | None:
-    """The cached features if the file is whole and is the one asked for; else None with a notice."""
+def _read_cache(path: Path, key: str, targets: torch.Tensor, n_views: int):
+    """(features, present) if the file is whole and is the one asked for; else None with a notice.
+    Read with ``weights_only=True``: a pickle planted in the cache folder is refused, never run."""
     if not path.exists():
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        feats = blob["features"]
+        feats, present = blob["features"], blob["present"]
         ok = (blob.get("key") == key and feats.dtype == torch.float32 and feats.dim() == 3
-              and tuple(feats.shape[:2]) == (len(targets), n_views)
-              and torch.equal(blob["targets"], targets))
+              and tuple(feats.shape[:2]) == (len(targets), n_views) and present.dtype == torch.bool
+              and present.shape == feats.shape[:2] and torch.equal(blob["targets"], targets)
+              and not feats[present].isnan().any())  # a view recorded as there must be there
         reason = "its key, shape or targets do not match"
     except Exception as e:  # truncated, not a torch file, a pickle, missing fields
         ok, reason = False, f"unreadable ({e.__class__.__name__})"
     if not ok:
-        print(f"feature cache {path} is stale or damaged ({reason}); rebuilding it")
+        log.warning("feature cache %s is stale or damaged (%s); rebuilding it", path, reason)
         return None
-    return feats
+    return feats, present
+
+
+class FeatureStore:
+    """A source's features [N, V, D] for one backbone, engine and precision, as far as they have
+    been extracted (``present`` [N, V]), kept in one cache file under ``cache_dir``.
+
+    ``ensure(needed)`` extracts the missing views among ``needed`` and rewrites the file: a run
+    extracts what its epochs sample (``plan_views``), a longer run or a resumed one adds the rest.
+    ``use_cache=False`` keeps everything in memory. ``info`` is JSON for metrics.json.
+    """
+
+    def __init__(self, cfg, ds, backbone, device, views=VIEWS_TRAIN, cache_dir=None, use_cache=True):
+        self.cfg, self.backbone, self.device = cfg, backbone, torch.device(device)
+        self.views, self.use_cache, self.runner = tuple(views), use_cache, None
+        self.images = images_uint8(ds, cfg.image_size)
+        self.targets = torch.as_tensor(ds.targets, dtype=torch.long)
+        self.split = getattr(ds, "split", "")
+        self.cache_dir = Path(cache_dir or Path(cfg.data_root) / "features")
+        self._digest = backbone_fingerprint(backbone)
+        engine, why_engine = resolve_engine(getattr(cfg, "engine", "auto"), self.device)
+        precision, why = resolve_precision(getattr(cfg, "precision", "auto"), self.device, cfg.data_root)
+        self.reason = f"engine {engine}: {why_engine}; precision {precision}: {why}"
+        self._open(engine, precision)
+
+    def _open(self, engine: str, precision: str) -> None:
+        """Point at the cache file of (engine, precision) and load what it holds."""
+        self.engine, self.precision = engine, precision
+        cfg = self.cfg
+        self.key = cache_key(self.images, self.targets.tolist(), cfg.backbone, cfg.weights,
+                             cfg.image_size, self.views, precision, self._digest, engine)
+        self.path = self.cache_dir / f"{cfg.backbone}-{cfg.image_size}px-{self.key}.pt"
+        found = _read_cache(self.path, self.key, self.targets, len(self.views)) if self.use_cache else None
+        n, v = len(self.targets), len(self.views)
+        self.features, self.present = found or (torch.full((n, v, self.backbone.num_features), float("nan")),
+                                                torch.zeros(n, v, dtype=torch.bool))
+        self.hit, self.extracted_now = found is not None, 0
+
+    def ensure(self, needed: torch.Tensor | None = None) -> int:
+        """Extract the views in ``needed`` (bool [N, V]; None: all) that are not there yet; save.
+        Returns how many image views were extracted."""
+        needed = torch.ones_like(self.present) if needed is None else needed.to(torch.bool)
+        missing = needed & ~self.present
+        if not missing.any():
+            return 0
+        if self.runner is None:
+            self.runner = make_runner(self.backbone, self.device, self.cfg.image_size,
+                                      self.engine, self.precision, self.cfg.data_root)
+            if self.runner.engine != self.engine:  # OpenVINO failed: torch's features, torch's file
+                self.reason = self.runner.reason
+                self._open(self.runner.engine, self.precision)
+                return self.ensure(needed)
+        count = 0
+        # Images missing both views run with both in one batch, the others with their one view.
+        for view_ids in ([0, 1], [0], [1]) if len(self.views) == 2 else ([0],):
+            rows = (missing[:, view_ids].all(1) & (missing.sum(1) == len(view_ids))).nonzero().flatten()
+            if len(rows):
+                names = tuple(self.views[i] for i in view_ids)
+                f = extract(self.backbone, self.images, self.cfg.image_size, self.device, names,
+                            self.cfg.extract_batch_size, progress=self.cfg.progress,
+                            desc=f"extract {self.split}".strip(), runner=self.runner, indices=rows)
+                self.features[rows[:, None], torch.tensor(view_ids)] = f
+                self.present[rows[:, None], torch.tensor(view_ids)] = True
+                count += f.shape[0] * f.shape[1]
+        self.extracted_now += count
+        self._save()
+        return count
+
+    def _save(self) -> None:
+        if not self.use_cache:
+            return
+        try:
+            atomic_save({"key": self.key, "format": CACHE_FORMAT, "views": list(self.views),
+                         "features": self.features, "present": self.present,
+                         "targets": self.targets}, self.path)
+        except CifarTLError as e:  # a cache that cannot be written (full disk ...) only costs time
+            self.use_cache = False  # one notice, not one per later extraction
+            log.warning("feature cache not saved: %s; continuing without it (set CIFAR_TL_DATA to "
+                        "a writable folder)", e)
+
+    @property
+    def info(self) -> dict:
+        """What metrics.json records: file, hit, engine, precision and why, views extracted."""
+        return {"path": str(self.path), "hit": self.hit and self.extracted_now == 0,
+                "engine": self.engine, "precision": self.precision, "reason": self.reason,
+                "views_extracted": int(self.present.sum()), "views_available": self.present.numel(),
+                "views_extracted_now": self.extracted_now}
 
 
 def cached_features(cfg, ds, backbone, device, views: tuple[str, ...], cache_dir=None,
-                    use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    use_cache: bool = True, epochs: int | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Features [N, V, D] and targets [N] of a source, from the cache when it holds them.
 
-    Returns (features, targets, info) where info says whether the cache was hit and where it is.
-    The key includes a hash of the backbone's weights (50 ms for efficientnet_v2_s on a CPU), so
-    features of one random backbone are never served for another.
+    ``epochs=None`` extracts every view; ``epochs=E`` only those E training epochs sample with
+    ``cfg.seed`` (the others are NaN: pass ``FeatureStore`` to ``FeatureLoader`` to add them on
+    demand). ``info`` (``FeatureStore.info``) says whether the cache was hit, where it is, the
+    engine and precision and why, and how many views were extracted of how many.
     """
-
-    device = torch.device(device)
-    images = images_uint8(ds, cfg.image_size)
-    targets = torch.as_tensor(ds.targets, dtype=torch.long)
-    dtype = amp_dtype(device, cfg.amp)
-    precision = str(dtype).replace("torch.", "") if dtype else "float32"
-    key = cache_key(images, ds.targets, cfg.backbone, cfg.weights, cfg.image_size, views, precision,
-                    weights_digest=backbone_fingerprint(backbone))
-    path = Path(cache_dir or Path(cfg.data_root) / "features") / f"{cfg.backbone}-{cfg.image_size}px-{key}.pt"
-    info = {"path": str(path), "hit": False}
-    if use_cache:
-        feats = _read_cache(path, key, targets, len(views))
-        if feats is not None:
-            info["hit"] = True
-            return feats, targets, info
-    feats = extract(backbone, images, cfg.image_size, device, views, cfg.extract_batch_size,
-                    cfg.amp, cfg.progress, desc=f"extract {getattr(ds, 'split', '')}".strip())
-    if use_cache:
-        try:
-            atomic_save({"key": key, "format": CACHE_FORMAT, "views": list(views),
-                         "features": feats, "targets": targets}, path)
-        except CifarTLError as e:  # a cache that cannot be written only costs time
-            print(f"feature cache not saved: {e}; continuing without it (set CIFAR_TL_DATA to a "
-                  "writable folder)")
-    return feats, targets, info
+    store = FeatureStore(cfg, ds, backbone, device, views, cache_dir, use_cache)
+    store.ensure(None if epochs is None else plan_views(len(store.targets), cfg.seed, epochs, len(views)))
+    return store.features, store.targets, store.info
 
 
-@contextmanager
-def head_threads(device, threads: int = 1):
-    """Run the head's training on cached features with ``threads`` CPU threads (restored after).
-
-    The head's matrices are tiny (batch 8 x 1280 x 256): on a CPU, splitting each across two
-    threads costs more in synchronisation than it saves, and when anything else runs on the
-    machine the threads wait for each other's time slices. Measured on the 2-core CPU
-    (benchmarks/README.md), steps/s at batch 8: alone, 1 thread 1025 and 2 threads 1248; with
-    other jobs running, 1 thread 594-1070 and 2 threads 24-95. No effect on GPUs.
-    """
-    before = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(min(threads, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
+# --------------------------------------------------------------------------- loader
 class FeatureLoader:
     """Batches of (features, labels) from cached features, kept on the device.
 
     Training: each epoch a fresh permutation, and for every sample one of its views at random,
     which is exactly what ``RandomHorizontalFlip(p=0.5)`` gives the tutorial's head. Call
     ``set_epoch`` so that an epoch's order depends only on (seed, epoch): a resumed run sees the
-    same batches as an uninterrupted one. Evaluation: in order, first view, nothing dropped.
+    same batches as an uninterrupted one. With a ``store`` (``FeatureStore``) the views an epoch
+    samples are extracted first if they are missing. Evaluation: in order, first view, nothing
+    dropped.
     """
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                 train: bool, seed: int = 0, device="cpu"):
+                 train: bool, seed: int = 0, device="cpu", store: FeatureStore | None = None):
         self.features = features.to(device)
         self.targets = targets.to(device)
-        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.batch_size, self.train, self.seed, self.store = batch_size, train, seed, store
         self.epoch = 0
         self.dataset = self.targets  # len(loader.dataset) works as for a DataLoader
 
@@ -366,15 +306,20 @@ class FeatureLoader:
             return n // self.batch_size  # drop_last, as the tutorial's loader
         return -(-n // self.batch_size)
 
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.targets)
+        if not self.train:
+            return torch.arange(n), torch.zeros(n, dtype=torch.long)
+        order, views = epoch_draw(n, self.features.shape[1], self.seed, self.epoch)
+        if self.store is not None:
+            needed = torch.zeros_like(self.store.present)
+            needed[torch.arange(n), views] = True
+            if self.store.ensure(needed):
+                self.features = self.store.features.to(self.targets.device)
+        return order, views
+
     def __iter__(self):
-        n, dev = len(self.targets), self.targets.device
-        if self.train:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g).to(dev)
-            views = torch.randint(self.features.shape[1], (n,), generator=g).to(dev)
-        else:
-            order = torch.arange(n, device=dev)
-            views = torch.zeros(n, dtype=torch.long, device=dev)
+        order, views = (t.to(self.targets.device) for t in self._draw())
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.features[idx, views[idx]], self.targets[idx]

@@ -6,35 +6,34 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, engine, features
+from . import checkpoint, data, engine, features, finetune
 from .config import Config, resolve_device
-from .errors import AssetMissingError, CheckpointError, CifarTLError, one_line
+from .errors import CheckpointError, CifarTLError, ConfigError
 from .features import FeatureLoader
-from .models import BACKBONES, TransferModel, build_backbone
-from .pipeline import validate
+from .models import TransferModel, build_backbone, check_backbone
 
-# Fields that describe the machine, not the model: evaluate uses this machine's values, not the
-# trainer's (a classmate's checkpoint names their data folder and maybe their GPU).
-MACHINE_FIELDS = ("data_root", "device", "progress", "num_workers", "extract_batch_size")
-
-__all__ = ["evaluate_checkpoint", "load_model", "predict_files"]
+__all__ = ["evaluate_checkpoint", "iter_predictions", "load_model", "predict_files"]
 
 
 def load_model(path: str | Path, device="cpu", weights=None) -> tuple[TransferModel, dict]:
     """The backbone the checkpoint was trained on, with its head: ready for evaluate/predict.
 
     A random backbone is rebuilt from the run's seed, and the checkpoint's backbone fingerprint
-    proves it is the same one (else CheckpointError, not silently wrong predictions).
+    proves it is the same one (else CheckpointError, not silently wrong predictions). A
+    fine-tuned run's ``model.pt`` also puts back the trained stages.
     """
+    if _fine_tuned(checkpoint.load_file(path)):
+        return finetune.load_model_checkpoint(path, device)
     head, meta = checkpoint.load_head(path)
     name = meta["backbone"]
-    if name not in BACKBONES:
-        raise CheckpointError(f"{path}: made for a backbone {name!r} this cifar_tl does not know "
-                              f"(known: {', '.join(BACKBONES)}); upgrade cifar_tl")
-    weights = meta["weights"] if weights is None else weights
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise AssetMissingError(f"{path} was trained on backbone weights from {weights}, which is not "
-                                "on this machine: copy that file to the same path")
+    try:
+        check_backbone(name)
+    except ConfigError:
+        raise CheckpointError(f"{path}: made for a backbone {name!r} that this torchvision does not "
+                              "have; upgrade torchvision") from None
+    if weights is None:
+        checkpoint.check_weights_file(meta, path)
+        weights = meta["weights"]
     seed = meta["config"].get("seed", 0)
     backbone = build_backbone(name, weights, seed if isinstance(seed, int) else 0)
     if backbone.num_features != meta["feature_dim"]:
@@ -51,66 +50,89 @@ def load_model(path: str | Path, device="cpu", weights=None) -> tuple[TransferMo
     return TransferModel(backbone, head).to(device).eval(), meta
 
 
+def _fine_tuned(blob) -> bool:
+    """Whether a loaded checkpoint is a fine-tuned run's model.pt (else a head.pt)."""
+    return isinstance(blob, dict) and blob.get("format") == finetune.MODEL_FORMAT
+
+
 def _tv_version() -> str:
     import torchvision
 
     return torchvision.__version__
 
 
-def evaluate_checkpoint(path: str | Path, **overrides) -> dict:
+def evaluate_config(path: str | Path, blob: dict, profile: Config | None = None, **overrides) -> Config:
+    """The config to evaluate a checkpoint with: the model's settings from the checkpoint, the
+    machine's from this machine, the data's from ``profile`` (if given), then ``overrides``.
+    An override that contradicts the model is refused (ConfigError), naming each difference."""
+    trained = Config.from_dict(blob["config"])  # read_checkpoint has validated it
+    cfg = trained.replace(**Config().select("machine"))
+    if profile is not None:
+        cfg = cfg.replace(**profile.select("data"))
+    cfg = cfg.replace(**overrides).validate()
+    diff = trained.diff(cfg, roles=("model",))
+    if diff:
+        raise CheckpointError(f"{path} does not fit this model: {Config.describe_diff(diff, 'checkpoint has', 'expected')} "
+                          "(evaluate takes the model's settings from the checkpoint: drop those options)")
+    return cfg
+
+
+def evaluate_checkpoint(path: str | Path, profile: Config | None = None, **overrides) -> dict:
     """Evaluate a saved head on the test split its config names.
 
-    The model's settings (backbone, weights, image size, seed) come from the checkpoint, the
-    machine's (data folder, device) from this machine; ``overrides`` may change the data
-    (source, test_size, data_root ...). An override that contradicts the model is refused,
-    naming each difference.
+    The model's settings (backbone, weights, image size, head) come from the checkpoint, the
+    machine's (data folder, device, precision) from this machine; ``profile`` and ``overrides``
+    may change the data (source, test_size ...). An override that contradicts the model is
+    refused, naming each difference.
     """
-    blob = checkpoint.read_checkpoint(path)
-    try:
-        trained = Config.from_dict(blob["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its stored config is damaged ({one_line(e, 80)})") from None
-    here = Config()
-    cfg = trained.replace(**{k: getattr(here, k) for k in MACHINE_FIELDS}).replace(**overrides)
-    validate(cfg)
-    diffs = [f"{k}: checkpoint has {blob.get(k)!r}, expected {getattr(cfg, k)!r}"
-             for k in ("backbone", "weights", "image_size") if blob.get(k) != getattr(cfg, k)]
-    if diffs:
-        raise CheckpointError(f"{path} does not fit this model: {'; '.join(diffs)} "
-                              "(evaluate takes the model's settings from the checkpoint: drop those options)")
+    blob = checkpoint.load_file(path)
+    fine_tuned = _fine_tuned(blob)
+    cfg = evaluate_config(path, blob["head"] if fine_tuned else checkpoint.read_checkpoint(path),
+                          profile, **overrides)
     device = resolve_device(cfg.device)
     model, meta = load_model(path, device)
     test_ds = data.build_source(cfg, train=False)
     if len(test_ds.classes) != meta["num_classes"]:
         raise CheckpointError(f"{path} does not fit this data: num_classes: checkpoint has "
                               f"{meta['num_classes']}, {cfg.source} has {len(test_ds.classes)}")
-    feats, targets, _ = features.cached_features(cfg, test_ds, model.backbone, device,
-                                                 features.VIEWS_TEST, use_cache=cfg.cache)
-    ev = engine.evaluate(model.head, FeatureLoader(feats, targets, 256, train=False, device=device),
-                         device, cfg.progress)
+    if fine_tuned:  # its backbone is no longer the frozen one: images through the whole model
+        ev = finetune.evaluate_dataset(model, test_ds, cfg, device)
+    else:
+        feats, targets, _ = features.cached_features(cfg, test_ds, model.backbone, device,
+                                                     features.VIEWS_TEST, use_cache=cfg.cache)
+        ev = engine.evaluate(model.head, FeatureLoader(feats, targets, 256, train=False, device=device),
+                             device, cfg.progress)
     return {"test_accuracy": ev.accuracy, "test_top5": ev.top5, "n_test": ev.n, "source": cfg.source}
 
 
-def predict_files(path: str | Path, files, device="cpu", k: int = 5):
-    """Top-k predictions for image files. Returns [(file, [(class, prob), ...] or error string)].
+def predict_files(path: str | Path, files, device="cpu", k: int = 5) -> list:
+    """Top-k predictions for image files: [(file, [(class, prob), ...] or an error string)].
 
     A file that cannot be read gets a one-line error string naming it; the others are predicted.
     """
+    return list(iter_predictions(path, files, device, k))
+
+
+def iter_predictions(path: str | Path, files, device="cpu", k: int = 5):
+    """``predict_files`` one file at a time, each yielded as soon as it is done (so an interrupted
+    long run keeps what it printed)."""
     if isinstance(files, (str, Path)):
         files = [files]
     model, meta = load_model(path, resolve_device(device))
     transform = data.eval_transform(meta["image_size"])
     names = meta["class_names"]
-    results = []
+    on = next(model.parameters()).device
     for f in files:
+        if "://" in str(f):
+            yield str(f), f"{f}: URLs are not supported; download the image first"
+            continue
         try:
-            x = transform(data.open_image(f))[None]
+            x = transform(data.open_image(f, resize_to=meta["image_size"]))[None]
         except CifarTLError as e:
-            results.append((str(f), str(e)))
+            yield str(f), str(e)
             continue
         except MemoryError:
-            results.append((str(f), f"{f}: too large to resize in the memory available"))
+            yield str(f), f"{f}: too large to resize in the memory available"
             continue
-        probs, idx = engine.predict(model, x, next(model.parameters()).device, k)
-        results.append((str(f), [(names[i], float(p)) for p, i in zip(probs[0].tolist(), idx[0].tolist())]))
-    return results
+        probs, idx = engine.predict(model, x, on, k)
+        yield str(f), [(names[i], float(p)) for p, i in zip(probs[0].tolist(), idx[0].tolist())]

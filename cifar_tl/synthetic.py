@@ -143,8 +143,8 @@ def make_images(n_per_class: int, seed: int, size: int = 32) -> tuple[np.ndarray
 class SyntheticCIFAR(torch.utils.data.Dataset):
     """Drop-in stand-in for ``torchvision.datasets.CIFAR100`` with coarse labels, made offline.
 
-    The train and test splits of one ``seed`` are different images: the generator is seeded
-    with ``(seed, train)``.
+    Follows the dataset contract of ``cifar_tl.data``. The train and test splits of one ``seed``
+    are different images: the generator is seeded with ``(seed, train)``.
     """
 
     def __init__(
@@ -156,6 +156,7 @@ class SyntheticCIFAR(torch.utils.data.Dataset):
         target_transform=None,
     ):
         self.train = train
+        self.split = "train" if train else "test"
         self.transform = transform
         self.target_transform = target_transform
         self.data, labels = _generate(np.random.default_rng([seed, int(train)]), n_per_class, 32)
@@ -164,6 +165,12 @@ class SyntheticCIFAR(torch.utils.data.Dataset):
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.coarse_classes: list[str] = list(COARSE_CLASSES)
         self.coarse_targets: list[int] = [FINE_TO_COARSE[t] for t in self.targets]
+        self.fine_to_coarse: list[int] = list(FINE_TO_COARSE)
+        self.paths = None  # fixed-size images live in ``data``
+
+    def raw_image(self, index: int) -> np.ndarray:
+        """Sample ``index`` as stored: uint8 [32, 32, 3]."""
+        return self.data[index]
 
     def __len__(self) -> int:
         return len(self.targets)

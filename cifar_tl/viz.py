@@ -1,21 +1,38 @@
-"""Plots for the notebooks and run's report: each helper takes ax=None and returns the axes or figure."""
+"""Plots for the notebooks: each helper takes ax=None and returns the axes or figure.
+
+Training curves, confusion matrices and run's report live in ``report`` and are re-exported here.
+Importing it puts the installed Chinese (CJK) fonts into matplotlib's font fallback (``fonts``).
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import fonts
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .report import LiveHistory, _axes, confusion_matrix, plot_confusion, plot_history, save_report  # noqa: F401
+
+fonts.use_cjk_fonts()
 
 
-def _axes(ax, figsize=(5, 4)):
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
+def smoke_note(cfg):
+    """A visible note for results of a run on generated data or a random backbone, else None.
 
-    return plt.subplots(figsize=figsize)[1]
+    In a notebook, make it a cell's last expression: it shows as a highlighted box (Markdown).
+    """
+    what = [w for w, on in (("synthetic images", cfg.source == "synthetic"),
+                            ("a randomly initialised backbone", cfg.weights is None)) if on]
+    if not what:
+        return None
+    from IPython.display import Markdown
+
+    return Markdown(f"> ⚠️ **Profile `{cfg.profile}`: {' and '.join(what)}.** The numbers in this notebook "
+                    "show that the code runs and learns; they say nothing about CIFAR-100 or about what "
+                    "ImageNet features achieve. For real figures, set `profile = \"cpu\"` or `\"full\"` "
+                    "in the parameters cell (the README's results table lists measured runs).")
+
+
 
 
 def to_image(x) -> np.ndarray:
@@ -45,6 +62,7 @@ def show_image(x, ax=None, title: str | None = None):
     ax = _axes(ax, (3, 3))
     ax.imshow(to_image(x))
     ax.set_axis_off()
+    fonts.notice_if_missing(title)
     if title:
         ax.set_title(title, fontsize=8)
     return ax
@@ -68,82 +86,11 @@ def show_images(images, titles=None, ncols: int = 8, size: float = 1.6):
     return fig
 
 
-def plot_history(history: list[dict], ax=None):
-    """Loss and accuracy per epoch, train and (when present) test. Returns the axes (loss)."""
-    ax = _axes(ax, (6, 3.5))
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
-    if history and "test_loss" in history[0]:
-        ax.plot(epochs, [r["test_loss"] for r in history], "s-", label="test loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy")
-    acc = ax.twinx()
-    acc.plot(epochs, [r["train_accuracy"] for r in history], "o--", color="tab:green", label="train acc")
-    if history and "test_accuracy" in history[0]:
-        acc.plot(epochs, [r["test_accuracy"] for r in history], "s--", color="tab:red", label="test acc")
-    acc.set_ylabel("accuracy")
-    acc.set_ylim(0, 1)
-    lines = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
-    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="center right")
-    ax.set_title("training history")
-    return ax
-
-
-def confusion_matrix(targets, preds, num_classes: int, mapping=None) -> np.ndarray:
-    """Counts [true, predicted]; ``mapping`` (e.g. fine_to_coarse) merges classes first."""
-    t, p = np.asarray(targets), np.asarray(preds)
-    if mapping is not None:
-        m = np.asarray(mapping)
-        t, p = m[t], m[p]
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
-
-
-def plot_confusion(cm: np.ndarray, labels=None, ax=None, normalize: bool = True):
-    """A confusion matrix as an image, rows = true class. Returns the axes."""
-    ax = _axes(ax, (7, 6))
-    m = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
-    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    if labels is not None and len(labels) <= 30:
-        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046)
-    return ax
-
-
-def save_report(out: Path, history: list[dict], ev, train_ds) -> list[Path]:
-    """run's plots as PNG: history.png and confusion.png (superclasses when the source has them)."""
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves notebooks alone
-
-    written = []
-    fig = Figure(figsize=(6, 3.5))
-    plot_history(history, fig.add_subplot())
-    fig.tight_layout()
-    fig.savefig(out / "history.png", dpi=110)
-    written.append(out / "history.png")
-
-    coarse = getattr(train_ds, "coarse_classes", None)
-    if coarse is not None:
-        cm = confusion_matrix(ev.targets, ev.preds, len(coarse), train_ds.fine_to_coarse)
-        labels = coarse
-    else:
-        cm, labels = confusion_matrix(ev.targets, ev.preds, len(train_ds.classes)), train_ds.classes
-    fig = Figure(figsize=(8, 7))
-    ax = plot_confusion(cm, labels, fig.add_subplot())
-    ax.set_title(f"confusion over {len(labels)} {'superclasses' if coarse else 'classes'}")
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=110)
-    written.append(out / "confusion.png")
-    return written
-
-
 # --------------------------------------------------------------------------- notebook helpers
 def plot_class_distribution(targets, names=None, ax=None, title: str | None = None):
     """How many samples each class has, as bars. Returns the axes."""
     counts = np.bincount(np.asarray(targets), minlength=len(names) if names is not None else 0)
+    fonts.notice_if_missing(list(names) if names is not None else None)
     ax = _axes(ax, (8, 2.8))
     ax.bar(range(len(counts)), counts, width=0.9, color="tab:blue")
     if names is not None and len(names) <= 30:
@@ -161,11 +108,15 @@ def plot_pixel_histogram(x, ax=None, title: str | None = None, bins: int = 50):
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if x.ndim == 3 and x.shape[-1] == 3 and x.shape[0] != 3:  # HWC -> CHW
         x = x.transpose(2, 0, 1)
+    from matplotlib.ticker import MaxNLocator
+
     ax = _axes(ax, (4, 2.8))
-    for channel, color in zip(x.reshape(x.shape[0], -1), ("tab:red", "tab:green", "tab:blue")):
-        ax.hist(channel.astype(np.float64), bins=bins, histtype="step", color=color)
+    for channel, color, name in zip(x.reshape(x.shape[0], -1), ("tab:red", "tab:green", "tab:blue"), "RGB"):
+        ax.hist(channel.astype(np.float64), bins=bins, histtype="step", color=color, label=name)
+    ax.legend(fontsize=7, title="channel", title_fontsize=7, frameon=False, loc="best")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # pixel counts are whole numbers
     ax.set_xlabel("pixel value")
-    ax.set_ylabel("count")
+    ax.set_ylabel("pixels")
     ax.set_title(title or f"mean {x.mean():.2f}, std {x.std():.2f}", fontsize=9)
     return ax
 
@@ -191,18 +142,23 @@ def show_feature_maps(fmap, n: int = 8, title: str | None = None, size: float = 
     return fig
 
 
-def plot_embedding(points, labels, names=None, ax=None, title: str | None = None):
+def plot_embedding(points, labels, names=None, ax=None, title: str | None = None,
+                   axis_labels=("component 1", "component 2")):
     """A 2-D scatter (e.g. a PCA of features), one colour per label (up to 20 distinct). Returns the axes."""
     points = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
     labels = np.asarray(labels)
-    ax = _axes(ax, (6, 5))
+    fonts.notice_if_missing(list(names) if names is not None else None)
+    ax = _axes(ax, (7.5, 5))
     cmap = __import__("matplotlib").colormaps["tab20"]
     for k in np.unique(labels):
         sel = labels == k
         ax.scatter(points[sel, 0], points[sel, 1], s=8, color=cmap(int(k) % 20),
                    label=names[k] if names is not None else str(k))
     if len(np.unique(labels)) <= 20:
-        ax.legend(fontsize=6, markerscale=1.5, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+        ax.legend(fontsize=8, markerscale=2, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  frameon=False, handletextpad=0.2)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     ax.set_title(title or "2-D projection", fontsize=9)
     return ax
 
@@ -211,6 +167,7 @@ def plot_topk(probs, indices, class_names, ax=None, title: str | None = None):
     """Horizontal bars of the top-k classes and their probabilities, best on top. Returns the axes."""
     probs = [float(p) for p in (probs.tolist() if hasattr(probs, "tolist") else probs)]
     indices = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+    fonts.notice_if_missing([class_names[i] for i in indices])
     ax = _axes(ax, (4, 2.5))
     ax.barh(range(len(probs))[::-1], probs, color="tab:blue")
     ax.set_yticks(range(len(probs))[::-1], [class_names[i] for i in indices], fontsize=8)
@@ -232,14 +189,36 @@ def show_predictions(images, preds, targets, confidence, class_names, ncols: int
 
 
 def plot_timings(seconds: dict, ax=None, title: str | None = None):
-    """Horizontal bars of measured seconds, one per named stage or path. Returns the axes."""
-    ax = _axes(ax, (6, 0.5 + 0.45 * len(seconds)))
-    names, values = list(seconds), [float(v) for v in seconds.values()]
-    ax.barh(range(len(names))[::-1], values, color="tab:orange")
+    """Horizontal bars of measured seconds, one per named path, best compared whole to whole.
+
+    A value may be a dict of its parts ({"cached path": {"extract": 3.0, "train the head": 0.5}}):
+    the parts are stacked in one bar, so each bar is one whole way of doing the same work.
+    Returns the axes.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fonts.notice_if_missing(list(seconds))
+    ax = _axes(ax, (7, 0.7 + 0.55 * len(seconds)))
+    names = list(seconds)
+    parts = [v if isinstance(v, dict) else {"": v} for v in seconds.values()]
+    totals = [sum(float(s) for s in p.values()) for p in parts]
+    colours = iter(["tab:orange", "tab:blue", "tab:cyan", "tab:purple", "tab:olive", "tab:brown"])
+    labelled = set()
+    for y, p in zip(range(len(names))[::-1], parts):
+        left = 0.0
+        for part, s in p.items():
+            colour = "tab:gray" if not part else next(colours)
+            label = part if part and part not in labelled else None
+            ax.barh(y, float(s), left=left, color=colour, label=label, edgecolor="white")
+            labelled.add(part)
+            left += float(s)
     ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
-    for y, v in zip(range(len(names))[::-1], values):
+    for y, v in zip(range(len(names))[::-1], totals):
         ax.text(v, y, f" {v:.1f} s", va="center", fontsize=8)
-    ax.set_xlim(0, max(values + [1e-9]) * 1.25)
+    ax.set_xlim(0, max(totals + [1e-9]) * 1.25)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    if labelled - {""}:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False)
     ax.set_xlabel("seconds")
     if title:
         ax.set_title(title, fontsize=9)
@@ -261,7 +240,8 @@ def draw_transfer_learning(ax=None, image_size: int = 300, width: int = 1280, hi
     boxes = [
         (0.1, f"image\n3x{image_size}x{image_size}", "#eeeeee"),
         (2.1, "pretrained backbone\n(ImageNet, 1.2 M images)\nFROZEN: requires_grad=False\n+ eval mode", "#bcd7f0"),
-        (4.6, f"pooled features\n{width} numbers\n(computed once)", "#eeeeee"),
+        # Not "computed once": the tutorial recomputes them every epoch; only a cache (08) does not.
+        (4.6, f"pooled features\n{width} numbers\n(the same every epoch)", "#eeeeee"),
         (6.6, "new head (MLP)\n" + "-".join(str(d) for d in (width, *hidden, num_classes)) + "\nTRAINED", "#f7c9a8"),
         (8.7, f"{num_classes} class\nscores", "#eeeeee"),
     ]
@@ -277,41 +257,3 @@ def draw_transfer_learning(ax=None, image_size: int = 300, width: int = 1280, hi
     ax.text(5, 2.85, "transfer learning: reuse a trained feature extractor, train only a small head",
             ha="center", fontsize=9)
     return ax
-
-
-class LiveHistory:
-    """An ``on_epoch_end`` callback for ``engine.fit`` that redraws loss and accuracy after each epoch.
-
-    In a notebook the figure is replaced in place (``clear_output(wait=True)``), so a finished cell
-    holds exactly one figure, under nbval and papermill too; elsewhere it prints one line per epoch.
-    ``history`` holds the rows seen so far.
-    """
-
-    def __init__(self, epochs: int | None = None, title: str = "training history", figsize=(6, 3.5)):
-        self.epochs, self.title, self.figsize = epochs, title, figsize
-        self.history: list[dict] = []
-
-    def figure(self):
-        """The current plot as a pyplot-free Figure (shown once, never twice by the inline backend)."""
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=self.figsize)
-        ax = plot_history(self.history, fig.add_subplot())
-        if self.epochs:
-            ax.set_xlim(0.5, self.epochs + 0.5)
-        ax.set_title(self.title, fontsize=9)
-        fig.tight_layout()
-        return fig
-
-    def __call__(self, row: dict, model=None, optimizer=None) -> None:
-        self.history.append(row)
-        try:
-            from IPython import get_ipython
-            from IPython.display import clear_output, display
-        except ImportError:  # pragma: no cover - IPython comes with every Jupyter install
-            get_ipython = lambda: None  # noqa: E731
-        if get_ipython() is None:
-            print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            return
-        clear_output(wait=True)
-        display(self.figure())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import data, engine, viz
+from .errors import ImageError
 from .features import FeatureLoader
 from .models import MLPHead
 
@@ -85,10 +86,8 @@ def _show_in(out, fig) -> None:
 
 # --------------------------------------------------------------------------- dataset browser
 def raw_image(ds, i: int):
-    """Sample i of a source as it is stored, before any transform: uint8 HWC or a PIL image."""
-    if getattr(ds, "data", None) is not None:
-        return ds.data[i]
-    return data.open_image(ds.samples[i][0])
+    """Sample i as stored, before any transform: ``ds.raw_image(i)`` (the dataset contract)."""
+    return ds.raw_image(i)
 
 
 def _label(ds, i: int) -> str:
@@ -182,16 +181,24 @@ def draw_prediction(image, probs, idx, class_names, title: str = "", fig=None):
     return fig
 
 
-def _open_upload(value) -> tuple[str, object]:
-    """(name, RGB PIL image) from a FileUpload value (ipywidgets 8 tuple or 7 dict)."""
+def _upload_name(value) -> str:
+    """The uploaded file's own name, from a FileUpload value (ipywidgets 8 tuple or 7 dict)."""
     item = value[0] if isinstance(value, (tuple, list)) else next(iter(value.values()))
-    name = item.get("name") or item.get("metadata", {}).get("name", "upload")
-    content = bytes(item["content"])
+    return item.get("name") or item.get("metadata", {}).get("name", "upload")
+
+
+def _open_upload(value) -> tuple[str, object]:
+    """(name, RGB PIL image) from a FileUpload value; errors name the user's file, not a temp file."""
+    item = value[0] if isinstance(value, (tuple, list)) else next(iter(value.values()))
+    name = _upload_name(value)
     suffix = Path(name).suffix or ".img"
     with tempfile.TemporaryDirectory() as tmp:  # open_image gives EXIF rotation and clear errors
         path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(content)
-        return name, data.open_image(path)
+        path.write_bytes(bytes(item["content"]))
+        try:
+            return name, data.open_image(path)
+        except ImageError as e:
+            raise ImageError(str(e).replace(str(path), name)) from None
 
 
 def upload_predictor(model, class_names, image_size: int, device="cpu", example=None,
@@ -223,9 +230,14 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
         try:
             name, image = _open_upload(change["new"])
             _show_in(out, chart(image, name, fig))
-        except Exception as e:  # a bad file must not kill the UI: say what went wrong
+        except Exception as e:  # a bad file must not kill the UI: say what went wrong, alone
+            from IPython.display import clear_output
+
             with out:
-                print(f"cannot use this file: {e}")
+                clear_output()  # the previous image's chart would read as this file's result
+                name = _upload_name(change["new"])
+                message = str(e) if isinstance(e, ImageError) else f"{name}: {type(e).__name__}: {e}"
+                print(f"cannot use this file: {message}")
 
     upload.observe(on_upload, "value")
     return W.VBox([upload, out])

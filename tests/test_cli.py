@@ -59,7 +59,12 @@ def test_full_profile_offline_fails_fast_in_one_line(tmp_path):
     (["--epochs", "0"], "epochs"),
     (["--batch-size", "-3"], "batch-size"),
     (["--image-size", "8"], "below"),
-    (["--backbone", "vgg99"], "resnet18"),
+    (["--backbone", "vgg99"], "vgg19"),
+    (["--backbone", "efficientnet_v2"], "efficientnet_v2_s"),
+    (["--unfreeze", "-1"], "unfreeze"),
+    (["--unfreeze", "some"], "unfreeze"),
+    (["--precision", "int8"], "precision"),
+    (["--image-size", "100000"], "4096"),
     (["--profile", "huge"], "profile"),
     (["--source", "mnist"], "source"),
 ])

@@ -109,3 +109,85 @@ def test_image_folder_source(tmp_path):
     assert train.classes == ["cats", "dogs"]
     assert len(train) + len(test) == 10 and len(test) == 2
     assert not set(s for s, _ in train.samples) & set(s for s, _ in test.samples)
+
+
+# --------------------------------------------------------------------------- constants and the contract
+def test_imagenet_constants_are_the_weights_own():
+    """The tutorial's Normalize must use the statistics the pretrained backbone was trained with."""
+    import torchvision
+
+    t = torchvision.models.EfficientNet_V2_S_Weights.IMAGENET1K_V1.transforms()
+    assert list(data.IMAGENET_MEAN) == list(t.mean) and list(data.IMAGENET_STD) == list(t.std)
+
+
+def test_synthetic_superclasses_hold_five_fine_classes_each():
+    from cifar_tl import synthetic
+
+    assert len(synthetic.FINE_TO_COARSE) == 100 and len(synthetic.COARSE_CLASSES) == 20
+    assert np.bincount(synthetic.FINE_TO_COARSE, minlength=20).tolist() == [5] * 20
+    ds = SyntheticCIFAR(True, 1)
+    assert ds.fine_to_coarse == synthetic.FINE_TO_COARSE
+    assert all(ds.coarse_targets[i] == ds.fine_to_coarse[t] for i, t in enumerate(ds.targets))
+    for fine, coarse in enumerate(synthetic.FINE_TO_COARSE):  # the superclass shares the texture
+        assert synthetic.CLASSES[fine].split()[1] == synthetic.COARSE_CLASSES[coarse].split()[1]
+
+
+def _check_contract(ds, split):
+    assert ds.split == split and len(ds.targets) == len(ds)
+    assert all(0 <= t < len(ds.classes) for t in ds.targets)
+    if ds.coarse_classes is not None:
+        assert [ds.fine_to_coarse[t] for t in ds.targets] == list(ds.coarse_targets)
+    else:
+        assert ds.coarse_targets is None and ds.fine_to_coarse is None
+    assert (ds.data is None) != (ds.paths is None)
+    for i in (0, len(ds) - 1):
+        raw = ds.raw_image(i)
+        if ds.data is not None:
+            assert np.array_equal(raw, ds.data[i]) and raw.dtype == np.uint8 and raw.shape[-1] == 3
+        else:
+            assert isinstance(raw, Image.Image) and raw.mode == "RGB"
+        img, y = ds[i]
+        assert isinstance(img, Image.Image) and y == ds.targets[i]
+        assert np.array_equal(np.asarray(img), np.asarray(raw))
+
+
+def test_every_source_and_subset_keeps_the_dataset_contract(tiny_cfg, tmp_path):
+    for c in ("cats", "dogs"):
+        (tmp_path / "p" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (20 + i, 16), (i * 40, 0, 0)).save(tmp_path / "p" / c / f"{i}.png")
+    folder = tiny_cfg.replace(source=f"folder:{tmp_path / 'p'}", train_size=None, test_size=None)
+    for cfg in (tiny_cfg, folder, folder.replace(train_size=4, test_size=2)):  # 10 train, 2 test images
+        for train in (True, False):
+            ds = data.build_source(cfg, train=train)
+            _check_contract(ds, "train" if train else "test")
+            assert isinstance(ds, data.Subset) == (train and cfg.train_size == 4)
+
+
+def test_a_subset_leaves_its_source_unchanged(tiny_cfg):
+    full = SyntheticCIFAR(True, 3)
+    before = (full.data.copy(), list(full.targets), list(full.coarse_targets))
+    sub = data.Subset(full, data.balanced_indices(full.targets, 100, seed=0))
+    assert len(sub) == 100 and len(sub.data) == 100 and sorted(sub.targets) == list(range(100))
+    assert np.array_equal(full.data, before[0]) and full.targets == before[1] and full.coarse_targets == before[2]
+    assert np.array_equal(sub.raw_image(5), full.data[sub.indices[5]])
+    sub.transform = eval_transform(32)
+    assert full.transform is None and sub[0][0].shape == (3, 32, 32)
+
+
+def test_the_source_registry_and_its_refusals(tiny_cfg):
+    assert set(data.SOURCES) == {"cifar100", "synthetic", "folder"}
+    assert data.check_source("folder:~/photos") == ("folder", "~/photos")
+    for bad, needle in (("imagenet", "unknown source 'imagenet'"), ("synthetic:3", "unknown source"),
+                        ("folder:", "needs a path"), ("folder:  ", "needs a path"), (3, "source must be")):
+        with pytest.raises(data.ConfigError) as e:
+            data.check_source(bad)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["train_size", "test_size"])
+def test_fewer_than_one_image_per_class_is_refused(tiny_cfg, field):
+    with pytest.raises(data.DataError) as e:
+        data.build_source(tiny_cfg.replace(**{field: 50}), train=field == "train_size")
+    option = "--" + field.replace("_", "-")
+    assert f"{option} 50 is fewer than one image per class (100 classes): use {option} 100 or more" == str(e.value)

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import logging
 import statistics
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from cifar_tl import data, features, pipeline
+from cifar_tl import data, features, memory, pipeline, preprocess
 from cifar_tl.config import Config
+from cifar_tl.errors import OutOfMemory, StorageError
 from cifar_tl.features import FeatureLoader
 from cifar_tl.models import build_backbone
 from cifar_tl.synthetic import SyntheticCIFAR
@@ -54,15 +56,15 @@ def test_preprocess_equals_the_tutorials_transform(h, w, size):
     imgs = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
     imgs[1] = 255 - imgs[1] // 8  # a smooth-ish one beside pure noise
     ref = torch.stack([data.eval_transform(size)(Image.fromarray(a)) for a in imgs])
-    got = features.preprocess(_u8(imgs), size)
+    got = preprocess.preprocess(_u8(imgs), size)
     assert got.shape == (3, 3, size, size) and got.dtype == torch.float32
     assert torch.equal(got, ref)
 
 
 def test_preprocess_is_channels_last_where_it_pays():
-    x = features.preprocess(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 48, channels_last=True)
+    x = preprocess.preprocess(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 48, channels_last=True)
     assert x.is_contiguous(memory_format=torch.channels_last)
-    x = features.preprocess(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 48, channels_last=False)
+    x = preprocess.preprocess(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 48, channels_last=False)
     assert x.is_contiguous()
 
 
@@ -91,7 +93,8 @@ def test_cached_features_equal_the_tutorials_path_for_both_views(backbone_name, 
     backbone = build_backbone(backbone_name, weights=None)
     ds = SyntheticCIFAR(train=True, n_per_class=1, seed=3)
     ds.data, ds.targets = ds.data[:24], ds.targets[:24]
-    cfg = Config(backbone=backbone_name, weights=None, image_size=size, progress=False)
+    cfg = Config(backbone=backbone_name, weights=None, image_size=size, progress=False,
+                 precision="fp32", engine="torch")
     feats, targets, _ = features.cached_features(cfg, ds, backbone, "cpu", features.VIEWS_TRAIN,
                                                  cache_dir=tmp_path, use_cache=False)
     pil = [Image.fromarray(a) for a in ds.data]
@@ -122,7 +125,8 @@ def test_folder_images_are_decoded_lazily_and_match_the_tutorials_path(tmp_path)
     assert images[1:3].shape == (2, 3, 32, 32) and images[1:3].dtype == torch.uint8
     torch.manual_seed(0)
     backbone = build_backbone("resnet18", weights=None)
-    cfg = Config(backbone="resnet18", weights=None, image_size=32, progress=False)
+    cfg = Config(backbone="resnet18", weights=None, image_size=32, progress=False, precision="fp32",
+                 engine="torch")
     feats, _, _ = features.cached_features(cfg, ds, backbone, "cpu", features.VIEWS_TRAIN, cache_dir=tmp_path)
     paths = [p for p, _ in ds.samples]
     ref = _source_features(backbone, paths, 32, flip=False)
@@ -137,7 +141,8 @@ def cache_setup(tmp_path):
     backbone = build_backbone("resnet18", weights=None)
     ds = SyntheticCIFAR(train=True, n_per_class=1, seed=0)
     ds.data, ds.targets = ds.data[:16], ds.targets[:16]
-    cfg = Config(backbone="resnet18", weights=None, image_size=32, progress=False)
+    cfg = Config(backbone="resnet18", weights=None, image_size=32, progress=False, precision="fp32",
+                 engine="torch")
     return cfg, ds, backbone, tmp_path / "cache"
 
 
@@ -186,26 +191,112 @@ def _damage(path, how: str, good_blob):
         torch.save({**good_blob, "features": good_blob["features"][:5]}, path)
     elif how == "other targets":
         torch.save({**good_blob, "targets": good_blob["targets"].flip(0)}, path)
+    elif how == "a recorded view erased":
+        feats = good_blob["features"].clone()
+        feats[3, 1] = float("nan")
+        torch.save({**good_blob, "features": feats}, path)
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "pickled object", "other key",
-                                 "wrong shape", "other targets"])
-def test_a_damaged_or_mismatched_cache_file_is_rebuilt_with_a_notice(cache_setup, how, capsys):
+                                 "wrong shape", "other targets", "a recorded view erased"])
+def test_a_damaged_or_mismatched_cache_file_is_rebuilt_with_a_notice(cache_setup, how, caplog):
     first, _, info = _get(cache_setup)
     path = type(cache_setup[3])(info["path"])
     good_blob = torch.load(path, weights_only=True)
     _damage(path, how, good_blob)
-    capsys.readouterr()
-    feats, _, info2 = _get(cache_setup)
-    notice = capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cifar_tl.features"):
+        feats, _, info2 = _get(cache_setup)
+    notices = [r.getMessage() for r in caplog.records]
     assert not info2["hit"] and torch.equal(feats, first)
-    assert notice.count("\n") == 1 and "rebuilding" in notice and str(path) in notice
+    assert len(notices) == 1 and "rebuilding" in notices[0] and str(path) in notices[0]
     assert _get(cache_setup)[2]["hit"]  # rewritten whole
+
+
+class _Planted:
+    """What an attacker could leave in a shared cache folder: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # creates the marker file when unpickled
+
+
+def test_a_planted_pickle_in_the_cache_folder_never_runs(cache_setup, tmp_path):
+    _, _, info = _get(cache_setup)
+    path = type(cache_setup[3])(info["path"])
+    marker = tmp_path / "it ran"
+    good = torch.load(path, weights_only=True)
+    torch.save({**good, "features": _Planted(marker)}, path)
+    feats, _, info2 = _get(cache_setup)
+    assert not marker.exists()  # refused by weights_only=True, never executed
+    assert not info2["hit"] and torch.equal(feats, good["features"])
+
+
+def test_the_engine_and_precision_are_part_of_the_key(cache_setup):
+    cfg, ds, backbone, cache_dir = cache_setup
+    infos = [_get((cfg.replace(engine=e, precision=p), ds, backbone, cache_dir))[2]
+             for e, p in [("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16")]]
+    assert len({i["path"] for i in infos}) == 4
+    assert [(i["engine"], i["precision"]) for i in infos] == [
+        ("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16")]
+    assert all(i["reason"] for i in infos)
 
 
 def test_cache_files_are_float32(cache_setup):
     feats, _, info = _get(cache_setup)
     assert torch.load(info["path"], weights_only=True)["features"].dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- memory and disk
+def test_a_batch_that_would_not_fit_in_memory_is_made_smaller(cache_setup, monkeypatch):
+    cfg, ds, backbone, _ = cache_setup
+    images = features.images_uint8(ds, 32)
+    whole = features.extract(backbone, images, 32, "cpu", batch_size=8, progress=False)
+    per_image = memory.bytes_per_image(backbone, 32, views=2)
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(2 * 3.5 * per_image))  # 3 fit in half
+    seen, real = [], features.preprocess
+    monkeypatch.setattr(features, "preprocess", lambda x, *a, **k: seen.append(len(x)) or real(x, *a, **k))
+    feats = features.extract(backbone, images, 32, "cpu", batch_size=8, progress=False)
+    assert seen == [3, 3, 3, 3, 3, 1]
+    _assert_close(feats[:, 0], whole[:, 0])
+
+
+def test_the_memory_estimate_leaves_the_callers_backbone_alone(cache_setup):
+    """It probes a copy: hooks on the caller's backbone see only the extracted images."""
+    _, ds, backbone, _ = cache_setup
+    memory._ACTIVATIONS.clear()
+    seen = []
+    handle = backbone.register_forward_hook(lambda m, i, out: seen.append(len(out)))
+    try:
+        features.extract(backbone, features.images_uint8(ds, 32)[:5], 32, "cpu", progress=False)
+    finally:
+        handle.remove()
+    assert sum(seen) == 5 * 2 and memory._ACTIVATIONS  # both views of 5 images, and it did estimate
+
+
+def test_an_image_that_cannot_fit_in_memory_is_one_line_that_says_what_to_do(cache_setup, monkeypatch):
+    monkeypatch.setattr(memory, "free_memory", lambda device: 10_000)
+    with pytest.raises(OutOfMemory, match="lower --image-size") as e:
+        _get(cache_setup)
+    assert "\n" not in str(e.value) and "GB free" in str(e.value)
+
+
+def test_a_cache_that_cannot_be_written_costs_only_time_with_one_notice(cache_setup, monkeypatch, caplog):
+    def full_disk(obj, path):
+        raise StorageError(f"cannot write {path}: no space left on the device")
+
+    monkeypatch.setattr(features, "atomic_save", full_disk)
+    cfg, ds, backbone, cache_dir = cache_setup
+    with caplog.at_level(logging.WARNING, logger="cifar_tl.features"):
+        store = features.FeatureStore(cfg, ds, backbone, "cpu", features.VIEWS_TRAIN, cache_dir)
+        store.ensure(features.plan_views(len(ds), cfg.seed, 1))
+        store.ensure()  # a second extraction: no second notice
+    assert store.present.all() and not store.features.isnan().any()
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 1 and "not saved" in notices[0] and "no space" in notices[0]
+    assert not list(cache_dir.glob("*.pt")) if cache_dir.exists() else True
 
 
 # --------------------------------------------------------------------------- loader

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cifar_tl import checkpoint, data, inference
+from cifar_tl import checkpoint, images, inference
 from cifar_tl.config import Config
 from cifar_tl.errors import ImageError
 from cifar_tl.models import MLPHead
@@ -82,7 +82,7 @@ CASES = {
 def test_every_kind_of_image_opens_as_8bit_rgb_of_its_size(case, tmp_path):
     make, name, kw, expected = CASES[case]
     src = make()
-    im = data.open_image(_save(tmp_path, name, src, **kw))
+    im = images.open_image(_save(tmp_path, name, src, **kw))
     assert im.mode == "RGB" and im.size == src.size
     assert np.asarray(im).dtype == np.uint8 and np.asarray(im).shape == (src.size[1], src.size[0], 3)
     if expected is not None:
@@ -96,7 +96,7 @@ def test_exif_orientation_6_is_applied(fmt, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     path = _save(tmp_path, f"sideways.{fmt}", _marked((60, 40)), exif=exif, quality=95)
-    im = data.open_image(path)
+    im = images.open_image(path)
     assert im.size == (40, 60)
     red, blue = (255, 0, 0), (0, 0, 255)
     assert np.abs(np.subtract(_pixel(im, (37, 2)), red)).max() < 30
@@ -105,7 +105,7 @@ def test_exif_orientation_6_is_applied(fmt, tmp_path):
 
 def test_a_damaged_exif_block_does_not_refuse_the_picture(tmp_path):
     path = _save(tmp_path, "odd.jpg", _marked(), exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
-    assert data.open_image(path).size == (60, 40)
+    assert images.open_image(path).size == (60, 40)
 
 
 @pytest.mark.parametrize("fmt", ["gif", "webp"])
@@ -116,14 +116,14 @@ def test_animated_files_give_their_first_frame(fmt, tmp_path):
                    **({"lossless": True} if fmt == "webp" else {}))
     with Image.open(path) as check:
         assert check.n_frames == 3
-    im = data.open_image(path)
+    im = images.open_image(path)
     assert im.size == (8, 6) and _pixel(im, (3, 3)) == (255, 0, 0)
 
 
 def test_a_24_megapixel_photo_opens(tmp_path):
     """6000x4000 (24 MP) is well under PIL's 89 MP decompression-bomb limit: accepted."""
     path = _save(tmp_path, "big.jpg", Image.new("RGB", (6000, 4000), (30, 60, 90)), quality=50)
-    im = data.open_image(path)
+    im = images.open_image(path)
     assert im.size == (6000, 4000) and im.mode == "RGB"
 
 
@@ -133,7 +133,7 @@ def test_above_the_decompression_bomb_limit_is_a_clear_error(width, height, tmp_
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(width, height))
     with pytest.raises(ImageError) as e:
-        data.open_image(path)
+        images.open_image(path)
     msg = str(e.value)
     assert "bomb.png" in msg and "megapixels" in msg and "MAX_IMAGE_PIXELS" in msg and "\n" not in msg
     assert f"{width * height / 1e6:.0f} megapixels" in msg
@@ -159,7 +159,7 @@ def _bad_files(tmp_path):
 def test_bad_files_are_one_line_errors_naming_the_file(tmp_path):
     for path in _bad_files(tmp_path):
         with pytest.raises(ImageError) as e:
-            data.open_image(path)
+            images.open_image(path)
         assert str(path) in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
@@ -194,7 +194,7 @@ def test_open_image_gives_rgb8_of_the_right_size_for_any_mode(fmt_mode, w, h, se
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"x.{fmt.lower()}"
         _random_image(mode, w, h, seed).save(path, fmt)
-        im = data.open_image(path)
+        im = images.open_image(path)
     a = np.asarray(im)
     assert im.mode == "RGB" and im.size == (w, h) and a.dtype == np.uint8 and a.shape == (h, w, 3)
 
@@ -202,7 +202,7 @@ def test_open_image_gives_rgb8_of_the_right_size_for_any_mode(fmt_mode, w, h, se
 @PROPERTY
 @given(st.sampled_from(MEMORY_MODES), side, side, st.integers(0, 2**32 - 1))
 def test_to_rgb_gives_rgb8_of_the_same_size_for_any_mode(mode, w, h, seed):
-    im = data.to_rgb(_random_image(mode, w, h, seed))
+    im = images.to_rgb(_random_image(mode, w, h, seed))
     assert im.mode == "RGB" and im.size == (w, h)
 
 
@@ -217,7 +217,7 @@ def test_damaged_files_give_an_image_error_or_an_rgb_image(fmt, seed, where, byt
         path = Path(tmp) / f"d.{fmt.lower()}"
         path.write_bytes(damaged(buf.getvalue(), where, byte, truncate))
         try:
-            im = data.open_image(path)
+            im = images.open_image(path)
         except ImageError as e:
             assert "\n" not in str(e) and str(path) in str(e)
         else:

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from cifar_tl import engine, pipeline
+from cifar_tl import engine, pipeline, runs
 from cifar_tl.config import Config
 from cifar_tl.errors import Interrupted
 
@@ -243,7 +243,7 @@ def test_signals_are_held_while_an_epoch_is_written():
         for sig in (signal.SIGINT, signal.SIGTERM):
             finished = False
             with pytest.raises(KeyboardInterrupt):
-                with pipeline._signals_deferred():
+                with runs.signals_deferred():
                     os.kill(os.getpid(), sig)
                     time.sleep(0.05)  # the signal has arrived, and is held
                     finished = True

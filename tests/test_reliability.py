@@ -376,7 +376,7 @@ def test_evaluate_and_predict_rebuild_the_random_backbone_the_head_was_trained_o
     assert code == 0 and f"test accuracy {m['test_accuracy']:.4f}" in out
     blob = torch.load(tmp_path / "run" / "head.pt", weights_only=True)
     blob["backbone_fingerprint"] = "0" * 24  # as if made by a torch that initialises differently
-    torch.save(blob, tmp_path / "other.pt")
+    torch.save(checkpoint.with_checksum(blob), tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="is not the one this head was trained on"):
         inference.load_model(tmp_path / "other.pt")
 

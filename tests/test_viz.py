@@ -19,7 +19,9 @@ from cifar_tl.synthetic import SyntheticCIFAR  # noqa: E402
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield
-    matplotlib.pyplot.close("all")
+    import matplotlib.pyplot as plt  # imported here: a test run of one file may not have loaded it
+
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +126,21 @@ def test_top_k_and_static_upload_chart(ds, tiny_model):
     assert isinstance(fig, Figure) and len(fig.axes) == 2
 
 
-def test_upload_handles_good_and_bad_files(ds, tiny_model, capsys):
+def test_upload_handles_good_and_bad_files(ds, tiny_model, capsys, monkeypatch):
+    import IPython.display
+
+    events = []
+    monkeypatch.setattr(widgets, "_show_in", lambda out, fig: events.append("chart"))
+    monkeypatch.setattr(IPython.display, "clear_output", lambda wait=False: events.append("cleared"))
     box = widgets.upload_predictor(tiny_model, ds.classes, 32, interactive=True)
     upload = box.children[0]
     upload.value = widgets.upload_bytes_value("photo.png", _png(ds.data[0]))
-    upload.value = widgets.upload_bytes_value("broken.png", b"not an image")
-    assert "cannot use this file" in capsys.readouterr().out
+    assert events == ["chart"]
+    upload.value = widgets.upload_bytes_value("我的猫.png", b"not an image")
+    out = capsys.readouterr().out
+    # The user's own file is named (not the temporary copy), and the previous chart is gone.
+    assert "cannot use this file: 我的猫.png:" in out and "upload.png" not in out, out
+    assert events == ["chart", "cleared"]
 
 
 def test_head_explorer_static_trains_once_and_interactive_trains_on_click():
@@ -155,3 +166,102 @@ def test_head_explorer_static_trains_once_and_interactive_trains_on_click():
 ])
 def test_batch_runners_are_recognised_by_program_name(argv, batch):
     assert widgets._batch_runner(argv) is batch
+
+
+# ---- Chinese text, notes, figure details ------------------------------------------------------
+def _render(text: str, families) -> np.ndarray:
+    with matplotlib.rc_context({"font.family": families}):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fig = Figure(figsize=(1, 1), dpi=40)
+        canvas = FigureCanvasAgg(fig)
+        fig.text(0.1, 0.3, text, fontsize=30)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _mplfonts_cjk() -> str:
+    try:
+        import mplfonts
+    except ImportError:
+        pytest.fail("the dev extra's mplfonts (a real CJK font, from PyPI) is missing: pip install mplfonts")
+    from pathlib import Path
+
+    return str(Path(mplfonts.__file__).parent / "fonts" / "NotoSansCJKsc-Regular.otf")
+
+
+def test_chinese_draws_as_characters_with_a_cjk_font(recwarn):
+    from matplotlib import font_manager
+
+    from cifar_tl import fonts
+
+    font_manager.fontManager.addfont(_mplfonts_cjk())
+    with matplotlib.rc_context():
+        found = fonts.use_cjk_fonts()
+        families = list(matplotlib.rcParams["font.family"])
+    assert "Noto Sans CJK SC" in found and families[0] not in fonts.CJK_FONTS  # Latin keeps its font
+    # Two characters, two shapes; boxes for missing glyphs would be identical.
+    assert not np.array_equal(_render("猫", families), _render("狗", families))
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    without = [f for f in families if f not in fonts.CJK_FONTS]
+    assert np.array_equal(_render("猫", without), _render("狗", without)), "the check must be able to fail"
+
+
+def test_without_a_cjk_font_one_notice_instead_of_a_warning_per_glyph(monkeypatch, caplog):
+    import warnings
+
+    from cifar_tl import fonts
+
+    monkeypatch.setattr(fonts, "installed_cjk_fonts", lambda: [])
+    monkeypatch.setattr(fonts._missing, "noticed", False)
+    with matplotlib.rc_context(), warnings.catch_warnings(record=True) as seen, \
+            caplog.at_level("WARNING", logger="cifar_tl.fonts"):
+        warnings.simplefilter("always")
+        assert fonts.use_cjk_fonts() == []
+        viz.plot_topk(torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0, 1, 2]), ["猫", "狗", "鸟"])
+        viz.show_image(np.zeros((4, 4, 3), np.uint8), title="我的猫.jpg")
+        for code in (29483, 29399):  # what matplotlib < 3.11 warns, once per glyph
+            warnings.warn(f"Glyph {code} (\\N{{CJK UNIFIED IDEOGRAPH-{code:X}}}) missing from font(s) DejaVu Sans.",
+                          UserWarning, stacklevel=1)
+        warnings.warn("Glyph 9731 (\\N{SNOWMAN}) missing from font(s) DejaVu Sans.", UserWarning, stacklevel=1)
+    notices = [r for r in caplog.records if "CJK font" in r.getMessage()]
+    assert len(notices) == 1 and "fonts-noto-cjk" in notices[0].getMessage()
+    assert [str(w.message) for w in seen] == ["Glyph 9731 (\\N{SNOWMAN}) missing from font(s) DejaVu Sans."]
+    assert viz.plot_topk is not None and not fonts.notice_if_missing("plain text")
+
+
+def test_smoke_note_only_for_synthetic_data_or_a_random_backbone():
+    from cifar_tl import Config
+
+    note = viz.smoke_note(Config.for_profile("smoke"))
+    assert "synthetic images" in note.data and "random" in note.data and "CIFAR-100" in note.data
+    assert viz.smoke_note(Config.for_profile("cpu")) is None
+
+
+def test_pixel_histogram_names_its_channels_with_whole_counts():
+    ax = viz.plot_pixel_histogram(torch.rand(3, 4, 4))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["R", "G", "B"]
+    ax.figure.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_yticks())
+
+
+def test_history_legend_sits_below_the_curves():
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.1 * e, "test_loss": 1.2 / e,
+             "test_accuracy": 0.08 * e} for e in range(1, 6)]
+    ax = viz.plot_history(rows)
+    ax.figure.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 <= ax.get_window_extent().y0, "the legend overlaps the plot area"
+
+
+def test_embedding_has_axis_labels():
+    ax = viz.plot_embedding(torch.randn(6, 2), [0, 1, 2] * 2, ["x", "y", "z"], axis_labels=("PC 1", "PC 2"))
+    assert ax.get_xlabel() == "PC 1" and ax.get_ylabel() == "PC 2"
+
+
+def test_timings_stack_the_parts_of_one_path():
+    ax = viz.plot_timings({"tutorial path": 10.0, "cached path": {"extract": 3.0, "train the head": 1.0}})
+    bars = [p for p in ax.patches]
+    assert len(bars) == 3 and {t.get_text() for t in ax.texts} == {" 10.0 s", " 4.0 s"}
+    extract, head = bars[1], bars[2]
+    assert extract.get_y() == head.get_y() and head.get_x() == extract.get_width()  # one bar, stacked

@@ -1,0 +1,366 @@
+"""Fine-tuning: unfreeze the top stages of the backbone, discriminative learning rates, warm-up
+and cosine decay, BatchNorm kept in eval mode, and the model.pt checkpoint of a fine-tuned model.
+
+The recipe of fastai's ``fine_tune`` and the Keras transfer-learning guide: the head is trained
+first on cached features (``engine.fit``), then the top K stages train with it, each stage down at
+``lr_decay`` times the rate of the one above, in eval mode: BatchNorm statistics frozen unless
+``bn_train`` (a batch of 8 gives noisy statistics that would overwrite ImageNet's), no dropout or
+stochastic depth (``models.TransferModel.train``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from itertools import chain
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint, engine
+from .config import epoch_seed, parse_unfreeze
+from .engines import resolve_precision
+from .errors import CheckpointError, ConfigError
+from .features import images_uint8
+from .models import MLPHead, TransferModel, build_backbone, normalization
+from .preprocess import channels_last_pays, preprocess
+from .storage import atomic_save
+
+log = logging.getLogger(__name__)
+
+WARMUP_FRACTION = 0.1  # of all steps, linear from lr/warmup_steps up to lr (then cosine to 0)
+# The head's standardisation follows the features as the backbone trains (models.Standardize):
+# a random backbone's features differ across images by ~1e-6 and any update of its stages moves
+# them by far more, which fixed statistics would blow up (smoke fine-tuning fell to chance).
+STANDARDIZE_MOMENTUM = 0.1
+MODEL_FORMAT = "cifar_tl.model"
+MODEL_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- unfreezing
+def resolve_unfreeze(value, backbone: nn.Module) -> int:
+    """The number of top stages ``value`` (0..K or "all") means for this backbone; ConfigError
+    for anything else, naming the backbone's stage count."""
+    n = len(backbone.stages)
+    k = parse_unfreeze(value)
+    if k == "all":
+        return n
+    if k > n:
+        raise ConfigError(f"unfreeze {k}: {backbone.name} has {n} stages; use 0..{n} or all")
+    return k
+
+
+def unfreeze(backbone: nn.Module, k, bn_train: bool = False) -> list[nn.Module]:
+    """Make the top ``k`` stages (or "all") trainable; everything else stays frozen. Returns the
+    unfrozen stages, also kept in ``backbone.unfrozen`` for ``TransferModel.train``."""
+    k = resolve_unfreeze(k, backbone)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    stages = list(backbone.stages[len(backbone.stages) - k:]) if k else []
+    trainable = backbone.parameters() if k == len(backbone.stages) else chain(*(s.parameters() for s in stages))
+    for p in trainable:  # "all" includes parameters outside any stage (ViT's class token)
+        p.requires_grad_(True)
+    backbone.unfrozen, backbone.bn_train = stages, bool(bn_train)
+    return stages
+
+
+def param_groups(model: TransferModel, lr: float, lr_decay: float, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW parameter groups: the head at ``lr``, the top unfrozen stage at ``lr * lr_decay``, the
+    next at ``lr * lr_decay**2`` ... Biases and norm weights (1-d) get no weight decay, as usual.
+    Each group carries its ``name`` and ``base_lr`` (the schedule scales it)."""
+    groups, seen = [], set()
+
+    def add(name, params, group_lr):
+        params = [p for p in params if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        for suffix, ps, wd in (("", [p for p in params if p.ndim > 1], weight_decay),
+                               (" (no decay)", [p for p in params if p.ndim <= 1], 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": group_lr, "base_lr": group_lr,
+                               "weight_decay": wd, "name": name + suffix})
+
+    add("head", model.head.parameters(), lr)
+    bb = model.backbone
+    names = dict(zip(map(id, bb.stages), bb.stage_names))
+    unfrozen = list(getattr(bb, "unfrozen", []))
+    for depth, stage in enumerate(reversed(unfrozen), start=1):
+        add(names.get(id(stage), f"stage -{depth}"), stage.parameters(), lr * lr_decay**depth)
+    add("backbone (outside stages)", bb.parameters(), lr * lr_decay ** (len(unfrozen) + 1))
+    return groups
+
+
+def make_optimizer(model: TransferModel, lr: float, lr_decay: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, lr, lr_decay, weight_decay), lr=lr)
+
+
+def make_schedule(total_steps: int, warmup_steps: int | None = None):
+    """factor(step) for step 0..total_steps-1: linear warm-up to 1, then cosine decay towards 0."""
+    warm = max(1, round(WARMUP_FRACTION * total_steps)) if warmup_steps is None else max(0, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return factor
+
+
+def group_lrs(optimizer: torch.optim.Optimizer, total_steps: int, schedule=None) -> dict[str, list[float]]:
+    """{group name: its learning rate at every step} under ``schedule`` (default ``make_schedule``)."""
+    schedule = schedule or make_schedule(total_steps)
+    return {g.get("name", str(i)): [g.get("base_lr", g["lr"]) * schedule(s) for s in range(total_steps)]
+            for i, g in enumerate(optimizer.param_groups)}
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g.get("base_lr", g["lr"]) * factor
+
+
+def train_dtype(precision: str, device) -> torch.dtype | None:
+    """The autocast dtype of fine-tuning: ``precision`` resolved on CUDA (bf16, or fp16 with a
+    gradient scaler); None (fp32) elsewhere, where training in reduced precision was not measured."""
+    if torch.device(device).type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device)[0])
+
+
+# --------------------------------------------------------------------------- batches
+class ImageBatches:
+    """(preprocessed images on the device, labels) from a source's uint8 images: no DataLoader,
+    no per-image Python. Training: a permutation and random flips drawn from (seed, epoch) alone,
+    the seed's only augmentation; evaluation: in order, no flips."""
+
+    def __init__(self, ds, image_size: int, batch_size: int, device, train: bool, seed: int = 0,
+                 mean=None, std=None):
+        self.images = images_uint8(ds, image_size)
+        self.targets = torch.as_tensor(ds.targets, dtype=torch.long)
+        self.dataset = self.targets
+        self.image_size, self.batch_size, self.train, self.seed = image_size, batch_size, train, seed
+        self.device, self.epoch = torch.device(device), 0
+        self.norm = {} if mean is None else {"mean": mean, "std": std}
+        if self.device.type == "cuda" and isinstance(self.images, torch.Tensor) and self.images.nbytes <= 2**30:
+            self.images = self.images.to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.targets)
+        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.targets)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        flips = torch.rand(n, generator=g) < 0.5 if self.train else torch.zeros(n, dtype=torch.bool)
+        cl = channels_last_pays(self.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[idx.to(self.images.device)] if isinstance(self.images, torch.Tensor) \
+                else torch.cat([self.images[int(i):int(i) + 1] for i in idx])
+            x = preprocess(x.to(self.device), self.image_size, channels_last=cl, **self.norm)
+            f = flips[idx].to(self.device)
+            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+            yield x, self.targets[idx].to(self.device)
+
+
+def largest_batch(model: TransferModel, image_size: int, device, start: int = 8, limit: int = 1024) -> int:
+    """On CUDA, the largest power-of-two batch (up to ``limit``) whose training step fits in memory,
+    halved once for headroom; elsewhere ``start``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return start
+    model.to(device).train()
+    kept = [t.clone() for t in model.buffers()]  # BatchNorm (bn_train) and Standardize would move
+    dtype, best, b = train_dtype("auto", device), start, start
+    while b <= limit:
+        try:
+            x = torch.randn(b, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=dtype):
+                model(x).float().sum().backward()
+            best, b = b, b * 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    with torch.no_grad():
+        for t, k in zip(model.buffers(), kept):
+            t.copy_(k)
+    return max(start, best // 2)
+
+
+# --------------------------------------------------------------------------- training
+def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: int, history=None,
+              optimizer=None, batch_size: int | None = None, on_epoch_end=None) -> list[dict]:
+    """Train the unfrozen stages and the head for ``epochs`` epochs (continuing after
+    ``len(history)`` of them) on images preprocessed on the device. Returns the history.
+
+    Call ``unfreeze`` first. AdamW (``cfg.weight_decay``) with ``param_groups``; warm-up then cosine
+    decay per step over all epochs; autocast (bf16, or fp16 with a gradient scaler) and
+    channels_last on CUDA. The head's standardisation follows the moving features
+    (``STANDARDIZE_MOMENTUM``). Rows: epoch, train loss/accuracy, test loss/accuracy/top5, seconds,
+    images_per_second, lr (the peak rate of each group this epoch). Every epoch's batches and flips
+    draw from (seed, epoch) alone: a resumed run repeats an uninterrupted one.
+    ``on_epoch_end(row, model, optimizer)`` as in ``engine.fit``.
+    """
+    device = torch.device(device)
+    model.to(device)
+    if channels_last_pays(device):
+        model.to(memory_format=torch.channels_last)
+    bs = batch_size or largest_batch(model, cfg.image_size, device, cfg.batch_size)
+    mean, std = normalization(cfg.backbone, cfg.weights)
+    train = ImageBatches(train_ds, cfg.image_size, bs, device, True, cfg.seed, mean, std)
+    test = ImageBatches(test_ds, cfg.image_size, 64, device, False, mean=mean, std=std)
+    optimizer = optimizer or make_optimizer(model, cfg.lr, cfg.lr_decay, cfg.weight_decay)
+    schedule = make_schedule(epochs * len(train))
+    dtype = train_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    log.info("fine-tuning %d of %d stages of %s (%s trainable parameters), batch %d, on %s",
+             len(getattr(model.backbone, "unfrozen", [])), len(model.backbone.stages), model.backbone.name,
+             f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}", bs, device)
+    history, loss_fn = list(history or []), nn.CrossEntropyLoss()
+    if model.head.standardizer is not None:
+        model.head.standardizer.momentum = STANDARDIZE_MOMENTUM
+    for epoch in range(len(history), epochs):
+        t0, step0 = time.perf_counter(), epoch * len(train)
+        train.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # anything random a model adds
+        model.train()
+        total, correct, n, peak = 0.0, 0, 0, {}
+        bar = tqdm(train, desc=f"fine-tune {epoch + 1}/{epochs}", disable=not cfg.progress, leave=False, file=sys.stdout)
+        for i, (x, y) in enumerate(bar):
+            set_lr(optimizer, schedule(step0 + i))
+            peak = {g["name"]: max(g["lr"], peak.get(g["name"], 0.0)) for g in optimizer.param_groups}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = model(x)
+                loss = loss_fn(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total, correct, n = total + loss.item() * len(y), correct + (out.argmax(1) == y).sum().item(), n + len(y)
+        seconds = time.perf_counter() - t0
+        ev = evaluate(model, test, device, dtype)
+        row = {"epoch": epoch + 1, "phase": "fine-tune", "train_loss": total / max(n, 1),
+               "train_accuracy": correct / max(n, 1), "test_loss": ev.loss, "test_accuracy": ev.accuracy,
+               "test_top5": ev.top5, "train_seconds": seconds, "images_per_second": n / max(seconds, 1e-9),
+               "seconds": time.perf_counter() - t0, "batch_size": bs, "lr": peak}
+        history.append(row)
+        if on_epoch_end is not None:
+            on_epoch_end(row, model, optimizer)
+    return history
+
+
+def evaluate(model: TransferModel, batches, device, dtype=None) -> engine.Evaluation:
+    """``engine.evaluate`` over image batches, under autocast when ``dtype`` is given."""
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        return engine.evaluate(model, batches, device, progress=False)
+
+
+def evaluate_dataset(model: TransferModel, test_ds, cfg, device, batch_size: int = 64) -> engine.Evaluation:
+    """A fine-tuned model on a whole test split exactly as ``fine_tune`` evaluates it (same
+    memory format, precision and batches), so ``evaluate --checkpoint model.pt`` reproduces it."""
+    device = torch.device(device)
+    model.to(device)
+    if channels_last_pays(device):
+        model.to(memory_format=torch.channels_last)
+    mean, std = normalization(cfg.backbone, cfg.weights)
+    return evaluate(model, ImageBatches(test_ds, cfg.image_size, batch_size, device, False, mean=mean, std=std),
+                    device, train_dtype(cfg.precision, device))
+
+
+# --------------------------------------------------------------------------- model.pt
+def trained_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's tensors that fine-tuning changes: the unfrozen stages' parameters and
+    buffers (BatchNorm statistics), and any other trainable parameter."""
+    ids = {id(t) for s in getattr(backbone, "unfrozen", []) for t in chain(s.parameters(), s.buffers())}
+    ids |= {id(p) for p in backbone.parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict(keep_vars=True).items() if id(v) in ids}
+
+
+def save_model(path, model: TransferModel, *, config, class_names, metrics=None, **head_meta) -> Path:
+    """model.pt: the head checkpoint (as head.pt, with its metadata and checksum) and the trained
+    backbone tensors, checksummed, loadable with ``weights_only=True``. ``head_meta`` as for
+    ``checkpoint.save_head`` (coarse_classes, fine_to_coarse, backbone_fingerprint)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.head.tmp")
+    try:
+        checkpoint.save_head(tmp, model.head, config=config, class_names=class_names, metrics=metrics, **head_meta)
+        head = checkpoint.read_checkpoint(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    bb = model.backbone
+    blob = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "state_dict": trained_state(bb),
+            "unfrozen": [n for n, s in zip(bb.stage_names, bb.stages) if any(s is u for u in getattr(bb, "unfrozen", []))],
+            "bn_train": bool(getattr(bb, "bn_train", False)), "head": head}
+    return atomic_save(checkpoint.with_checksum(blob), path)
+
+
+def load_model_checkpoint(path, device="cpu") -> tuple[TransferModel, dict]:
+    """Rebuild a fine-tuned model from model.pt: the original backbone (its fingerprint checked),
+    the trained tensors put back, the head. Returns (model in eval mode, the head's metadata)."""
+    blob = checkpoint.load_file(path, "model checkpoint")
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path}: not a cifar_tl model checkpoint (no '{MODEL_FORMAT}' format tag)")
+    if blob.get("format_version") != MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: model checkpoint format {blob.get('format_version')!r} is not "
+                              f"{MODEL_FORMAT_VERSION}; use the cifar_tl that wrote it")
+    head_blob = blob.get("head")
+    if not (isinstance(head_blob, dict) and isinstance(blob.get("state_dict"), dict)
+            and _checksum_ok(blob) and _checksum_ok(head_blob)):
+        raise CheckpointError(f"{path}: damaged: its weights or metadata do not match their checksum")
+    cfg = head_blob["config"]
+    backbone = build_backbone(head_blob["backbone"], head_blob["weights"], cfg.get("seed", 0))
+    expected = head_blob.get("backbone_fingerprint")
+    if expected and checkpoint.backbone_fingerprint(backbone) != expected:
+        raise CheckpointError(f"{path}: the {head_blob['backbone']} backbone rebuilt here is not the one "
+                              "it was fine-tuned from (other weights or torch version)")
+    missing = set(blob["state_dict"]) - set(backbone.state_dict())
+    if missing:
+        raise CheckpointError(f"{path}: tensors for layers {head_blob['backbone']} does not have: {sorted(missing)[:3]}")
+    backbone.load_state_dict(blob["state_dict"], strict=False)
+    head = MLPHead(head_blob["feature_dim"], head_blob["num_classes"], tuple(head_blob["hidden"]),
+                   head_blob["standardize"])
+    head.load_state_dict(head_blob["state_dict"])
+    meta = {k: v for k, v in head_blob.items() if k != "state_dict"}
+    meta.update(unfrozen=blob["unfrozen"], bn_train=blob["bn_train"])
+    return TransferModel(backbone, head).to(device).eval(), meta
+
+
+def _checksum_ok(blob: dict) -> bool:
+    try:
+        return checkpoint.with_checksum({k: v for k, v in blob.items() if k != "sha256"})["sha256"] == blob.get("sha256")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+# --------------------------------------------------------------------------- plots
+def plot_lr_find(result: dict, ax=None):
+    """The LR finder's smoothed loss against the learning rate (log scale), the suggestion marked."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax.plot(result["lrs"], result["losses"], label="smoothed loss")
+    ax.axvline(result["suggestion"], color="C3", ls="--", label=f"suggestion {result['suggestion']:.1e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder (range test)")
+    ax.legend()
+    return ax
+
+
+def plot_group_lrs(lrs: dict[str, list[float]], ax=None):
+    """The learning rate of each parameter group over the steps ({group name: [lr per step]})."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for name, values in lrs.items():
+        ax.plot(values, label=name)
+    ax.set(yscale="log", xlabel="step", ylabel="learning rate", title="learning rate of each group")
+    ax.legend(fontsize=7)
+    return ax

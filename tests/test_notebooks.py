@@ -1,0 +1,237 @@
+"""The notebooks as a course: Colab badges and install cells agree with the one repository URL, the
+install cell works in a fresh environment, exercises are blank with collapsed solutions, smoke runs
+say they are smoke, and profile facts come from Config."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifar_tl import exercises
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip vendors the same parser
+    from pip._vendor import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+INSTALL_SPEC = 'f"cifar-tl @ git+{REPO_URL}"'
+
+
+def repository_url() -> str:
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("urls", {})
+    assert "Repository" in urls, "pyproject.toml needs [project.urls] Repository = ..."
+    return urls["Repository"].rstrip("/")
+
+
+def cells(path: Path) -> list[dict]:
+    return [dict(c, source="".join(c["source"])) for c in json.loads(path.read_text())["cells"]]
+
+
+def install_cell(path: Path) -> str:
+    found = [c["source"] for c in cells(path) if c["cell_type"] == "code" and "REPO_URL =" in c["source"]]
+    assert len(found) == 1, f"{path.name}: {len(found)} install cells"
+    return found[0]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 9
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_badge_and_install_cell_point_at_the_repository(path):
+    url = repository_url()
+    owner_repo = url.removeprefix("https://github.com/")
+    first = cells(path)[0]["source"]
+    badge = f"(https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{path.name})"
+    assert "colab-badge.svg" in first and badge in first, f"{path.name}: no Open-in-Colab badge for {badge}"
+    source = install_cell(path)
+    assert f'REPO_URL = "{url}"' in source
+    assert 'if "google.colab" in sys.modules and importlib.util.find_spec("cifar_tl") is None:' in source
+    assert INSTALL_SPEC in source
+    # Every notebook carries the same cell, and it runs before anything imports the package.
+    assert source == install_cell(NOTEBOOKS[0])
+    code = [c["source"] for c in cells(path) if c["cell_type"] == "code"]
+    first_import = next(i for i, s in enumerate(code) if re.search(r"^(from|import) cifar_tl", s, re.M))
+    assert code.index(source) < first_import
+
+
+def _run_install_cell(python: str, cwd: Path, source: str, colab: bool) -> subprocess.CompletedProcess:
+    fake = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n" if colab else ""
+    after = "\nimport cifar_tl\nprint('IMPORTED', cifar_tl.__file__)\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
+    # Offline: no index; the checkout builds with the setuptools the venv sees (no isolated build env).
+    env.update(PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return subprocess.run([python, "-c", fake + source + after], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_install_cell_installs_the_package_in_a_fresh_environment(tmp_path):
+    """The install cell's own code, in a fresh virtual environment with a fake ``google.colab``,
+    installs from a copy of this checkout instead of the git URL (the same pip call, another source)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, checkout / name)
+    shutil.copytree(ROOT / "cifar_tl", checkout / "cifar_tl", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # torch & co. (and pip, setuptools) come from the test's environment, as Colab has them
+    # preinstalled; a plain path, so its .pth files, and with them an editable cifar_tl, are ignored.
+    ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    Path(site, "zz_host.pth").write_text("\n".join(ours) + "\n")
+
+    source = install_cell(NOTEBOOKS[0])
+    assert source.count(INSTALL_SPEC) == 1
+    local = source.replace(INSTALL_SPEC, repr(f"cifar-tl @ {checkout.as_uri()}"))
+
+    outside = _run_install_cell(python, tmp_path, local, colab=False)
+    assert "No module named 'cifar_tl'" in outside.stderr, "outside Colab the cell must install nothing"
+
+    inside = _run_install_cell(python, tmp_path, local, colab=True)
+    assert inside.returncode == 0, inside.stderr[-3000:]
+    assert f"IMPORTED {site}" in inside.stdout, inside.stdout  # the copy in the fresh venv, same process
+
+    again = _run_install_cell(python, tmp_path, local.replace("pip", "pip-must-not-run"), colab=True)
+    assert again.returncode == 0 and "IMPORTED" in again.stdout, "a second run must not install again"
+
+
+# ---- exercises -------------------------------------------------------------------------------
+
+
+def test_check_says_not_answered_for_dots(capsys):
+    assert exercises.check(..., lambda a: a == 1) is None
+    assert exercises.check((1, ...), lambda a: True) is None
+
+    def blank(n):
+        return ...
+
+    assert exercises.check(blank, lambda f: f(3) == 3) is None
+    assert capsys.readouterr().out.count("not answered yet") == 3
+
+
+def test_check_says_what_is_wrong_and_confirms_right(capsys):
+    assert exercises.check(2, lambda a: a == 1, why="count the images") is False
+    assert "wrong: count the images" in capsys.readouterr().out
+    assert exercises.check(2, lambda a: 1 / 0, why="oops") is False
+    assert "ZeroDivisionError" in capsys.readouterr().out
+    assert exercises.check(1, lambda a: a == 1, right="1 image") is True
+    assert capsys.readouterr().out.strip() == "right: 1 image"
+
+
+BLANK = re.compile(r"(=|return)\s*\.\.\.(\s|,|$)|,\s*\.\.\.\s*(#|$)", re.M)
+
+
+def _exercises(path):
+    """(student cell, check cell, solution cell) triples: a blank cell, a check, a hidden solution."""
+    cs = cells(path)
+    out = []
+    for i, c in enumerate(cs):
+        if c["cell_type"] == "code" and BLANK.search(c["source"]) and not c.get("metadata", {}).get("jupyter"):
+            out.append((c, cs[i + 1], cs[i + 2]))
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_are_blank_with_a_check_and_a_collapsed_solution(path):
+    triples = _exercises(path)
+    assert triples, f"{path.name} has no exercise left blank (...)"
+    for _student, check, solution in triples:
+        assert "check(" in check["source"] and "assert" not in check["source"], check["source"]
+        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True, solution["source"]
+        assert re.search(r"^assert (exercises\.)?check\(", solution["source"], re.M), solution["source"]
+    hidden = [c for c in cells(path) if c.get("metadata", {}).get("jupyter", {}).get("source_hidden")]
+    assert len(hidden) == len(triples), "every collapsed cell is the solution of a blank exercise"
+    assert "# TODO" not in "".join(c["source"] for c in cells(path)), "answers must not be pre-filled"
+
+
+def test_check_treats_a_tuple_of_blank_functions_as_not_answered(capsys):
+    def f(n):
+        return ...
+
+    def g(n):
+        return 2 * n
+
+    assert exercises.check((f, g), lambda fs: fs[0](1) == 1 and fs[1](1) == 2) is None
+    assert exercises.check((g, g), lambda fs: fs[0](1) == 2) is True
+    model = __import__("torch").nn.Identity()  # a model is callable, but no blank function
+    assert exercises.check(model, lambda m: m(3) == 3) is True
+
+
+# ---- the tutorial's code, Chinese, smoke notes, facts from Config ----------------------------
+
+
+def _code(path):
+    return "\n".join(c["source"] for c in cells(path) if c["cell_type"] == "code")
+
+
+TUTORIAL_LINES = {  # where each step is taught: the tutorial's own lines, and the assert against the library
+    "01_dataset.ipynb": ["class Dataset(torch.utils.data.Dataset):", "def __getitem__(self, i):",
+                         "self.compose = torchvision.transforms.Compose(", "data.build_datasets"],
+    "04_model.ipynb": ["pretrained.features,", "pretrained.avgpool,", "torch.nn.Flatten(start_dim=1)",
+                       "param.requires_grad_(False)", "pretrained.eval()", "models.build_backbone("],
+    "05_training.ipynb": ["optimizer.zero_grad()", "loss.backward()", "optimizer.step()", "engine.train_one_epoch("],
+    "06_testing.ipynb": ["def tutorial_test(", ".argmax(dim=1)", "engine.evaluate("],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TUTORIAL_LINES))
+def test_the_tutorials_code_is_written_out_and_checked_against_the_library(name):
+    code = _code(ROOT / "notebooks" / name)
+    for line in TUTORIAL_LINES[name]:
+        assert line in code, f"{name}: the tutorial's `{line}` is not written out"
+    assert re.search(r"^assert .*(equal|==)", code, re.M)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_heading_is_bilingual(path):
+    for c in cells(path):
+        if c["cell_type"] == "markdown":
+            for line in c["source"].splitlines():
+                if re.match(r"#{1,4} ", line):
+                    assert re.search(r"[\u4e00-\u9fff]", line), f"{path.name}: no Chinese in {line!r}"
+
+
+def test_readme_notebook_index_is_bilingual_and_complete():
+    readme = (ROOT / "README.md").read_text()
+    index = readme.split("<!-- notebook-index -->", 1)[1].split("\n\n", 1)[0]
+    for path in NOTEBOOKS:
+        title = cells(path)[0]["source"].split("\n# ", 1)[1].splitlines()[0]  # "01 · Define ... · 定义数据集"
+        number, english, chinese = (part.strip() for part in title.split("·"))
+        assert f"[{number} {english} · {chinese}](notebooks/{path.name})" in index, path.name
+    rows = [r for r in index.splitlines() if r.startswith("| [")]
+    assert rows and all(re.search(r"[\u4e00-\u9fff]", r.rsplit("|", 2)[1]) for r in rows), "a Chinese column"
+
+
+def test_glossary_has_the_terms():
+    glossary = next(c["source"] for c in cells(ROOT / "notebooks" / "00_setup.ipynb") if "## Glossary" in c["source"])
+    for zh, en in [("冻结", "freeze"), ("特征", "features"), ("批归一化", "BatchNorm"), ("微调", "fine-tuning"),
+                   ("数据增强", "augmentation")]:
+        assert re.search(rf"\| {zh}[^|]*\| [^|]*{en}", glossary), (zh, en)
+
+
+@pytest.mark.parametrize("name", ["03_transfer_learning.ipynb", "04_model.ipynb", "05_training.ipynb",
+                                  "06_testing.ipynb", "07_your_own_images.ipynb", "08_faster_cached_features.ipynb"])
+def test_smoke_runs_say_so(name):
+    code = [c["source"] for c in cells(ROOT / "notebooks" / name) if c["cell_type"] == "code"]
+    setup = next(i for i, s in enumerate(code) if "cfg = Config.for_profile(profile)" in s)
+    assert code[setup + 1].startswith("viz.smoke_note(cfg)"), "the note comes right after the profile is chosen"
+
+
+def test_profile_facts_are_read_from_config():
+    text = "\n".join(c["source"] for p in NOTEBOOKS[:2] for c in cells(p))
+    assert "Config.for_profile(name)" in text
+    from cifar_tl import Config
+
+    cpu = Config.for_profile("cpu")
+    for stale in ("112 px", "5,000 training images", f"{cpu.image_size} px, {cpu.train_size:,}"):
+        assert stale not in text, f"a profile fact typed by hand: {stale!r}"
