@@ -131,6 +131,13 @@ def _meta_extractor(name: str) -> nn.Module:
     return _strip_classifier(model, name)[0].eval()
 
 
+@lru_cache(maxsize=32)
+def stage_count(name: str) -> int:
+    """How many stages ``--unfreeze`` can choose from (counted on the meta device: no weights)."""
+    model = _meta_extractor(check_backbone(name))
+    return len(find_stages(model, _called_modules(name))[1])
+
+
 def feature_width(name: str) -> int:
     """The pooled feature width of the backbone, read from its classifier (no weights built)."""
     return _meta_extractor(check_backbone(name)).num_features

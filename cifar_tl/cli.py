@@ -219,8 +219,8 @@ def _backbones(_a) -> int:
 
 def _download(a) -> int:
     from . import data
-    from .config import default_data_root
     from .backbones import build_backbone, check_backbone, weights_file
+    from .config import default_data_root
 
     names = a.backbone or ["efficientnet_v2_s"]
     for name in names:

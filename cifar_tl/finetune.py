@@ -25,9 +25,8 @@ from . import checkpoint, engine
 from .config import epoch_seed, parse_unfreeze
 from .engines import resolve_precision
 from .errors import CheckpointError, ConfigError
-from .features import images_uint8
 from .models import MLPHead, TransferModel, build_backbone, normalization
-from .preprocess import channels_last_pays, preprocess
+from .preprocess import ImageBatches, channels_last_pays  # noqa: F401  (ImageBatches: finetune's public name too)
 from .storage import atomic_save
 
 log = logging.getLogger(__name__)
@@ -131,45 +130,6 @@ def train_dtype(precision: str, device) -> torch.dtype | None:
 
 
 # --------------------------------------------------------------------------- batches
-class ImageBatches:
-    """(preprocessed images on the device, labels) from a source's uint8 images: no DataLoader,
-    no per-image Python. Training: a permutation and random flips drawn from (seed, epoch) alone,
-    the seed's only augmentation; evaluation: in order, no flips."""
-
-    def __init__(self, ds, image_size: int, batch_size: int, device, train: bool, seed: int = 0,
-                 mean=None, std=None):
-        self.images = images_uint8(ds, image_size)
-        self.targets = torch.as_tensor(ds.targets, dtype=torch.long)
-        self.dataset = self.targets
-        self.image_size, self.batch_size, self.train, self.seed = image_size, batch_size, train, seed
-        self.device, self.epoch = torch.device(device), 0
-        self.norm = {} if mean is None else {"mean": mean, "std": std}
-        if self.device.type == "cuda" and isinstance(self.images, torch.Tensor) and self.images.nbytes <= 2**30:
-            self.images = self.images.to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.targets)
-        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
-
-    def __iter__(self):
-        n = len(self.targets)
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
-        flips = torch.rand(n, generator=g) < 0.5 if self.train else torch.zeros(n, dtype=torch.bool)
-        cl = channels_last_pays(self.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images[idx.to(self.images.device)] if isinstance(self.images, torch.Tensor) \
-                else torch.cat([self.images[int(i):int(i) + 1] for i in idx])
-            x = preprocess(x.to(self.device), self.image_size, channels_last=cl, **self.norm)
-            f = flips[idx].to(self.device)
-            x = torch.where(f[:, None, None, None], x.flip(-1), x)
-            yield x, self.targets[idx].to(self.device)
-
-
 def largest_batch(model: TransferModel, image_size: int, device, start: int = 8, limit: int = 1024) -> int:
     """On CUDA, the largest power-of-two batch (up to ``limit``) whose training step fits in memory,
     halved once for headroom; elsewhere ``start``."""
@@ -342,25 +302,3 @@ def _checksum_ok(blob: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- plots
-def plot_lr_find(result: dict, ax=None):
-    """The LR finder's smoothed loss against the learning rate (log scale), the suggestion marked."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
-    ax.plot(result["lrs"], result["losses"], label="smoothed loss")
-    ax.axvline(result["suggestion"], color="C3", ls="--", label=f"suggestion {result['suggestion']:.1e}")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder (range test)")
-    ax.legend()
-    return ax
-
-
-def plot_group_lrs(lrs: dict[str, list[float]], ax=None):
-    """The learning rate of each parameter group over the steps ({group name: [lr per step]})."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    for name, values in lrs.items():
-        ax.plot(values, label=name)
-    ax.set(yscale="log", xlabel="step", ylabel="learning rate", title="learning rate of each group")
-    ax.legend(fontsize=7)
-    return ax

@@ -21,6 +21,7 @@ from .backbones import (  # noqa: F401  (the public names of models)
     list_backbones,
     min_image_size,
     normalization,
+    stage_count,
     weights_file,
 )
 
@@ -101,6 +102,9 @@ class TransferModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # How the frozen backbone runs (``engines.make_runner``: precision, OpenVINO); None: torch
+        # fp32 here. Used only while no stage is unfrozen.
+        self.runner = None
 
     @classmethod
     def from_config(cls, cfg, num_classes: int = 100) -> TransferModel:
@@ -119,6 +123,9 @@ class TransferModel(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        frozen = not getattr(self.backbone, "unfrozen", ())
+        if self.runner is not None and frozen:
+            return self.runner(x).clone()  # a normal tensor: the runner's are inference tensors
         # no_grad (not inference_mode: the head needs these in autograd) unless stages train.
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(getattr(self.backbone, "unfrozen", ()))):
             return self.backbone(x)

@@ -150,6 +150,7 @@ def make_loaders(r: runs.Run) -> None:
         imgs = features.images_uint8(r.train_ds, cfg.image_size)[:1000]
         runner = engines.make_runner(model.backbone, r.device, cfg.image_size, cfg.engine, cfg.precision,
                                      cfg.data_root)
+        model.runner = runner  # the tutorial path runs the backbone this way every step
         r.backbone_run = {"engine": runner.engine, "precision": runner.precision, "backbone_reason": runner.reason}
         log.info("backbone: %s", runner.reason)
         r.stats_source = features.extract(model.backbone, imgs, cfg.image_size, r.device, features.VIEWS_TEST,
@@ -338,5 +339,5 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
         with engine.head_threads(r.device):
             result = engine.lr_find(r.model.head, r.train_loader, r.device)
     plot = r.out / "lr_find.png"
-    finetune.plot_lr_find(result).figure.savefig(plot, dpi=100, bbox_inches="tight")
+    viz.plot_lr_find(result).figure.savefig(plot, dpi=100, bbox_inches="tight")
     return {**result, "plot": str(plot)}

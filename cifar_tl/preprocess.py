@@ -1,4 +1,5 @@
-"""The tutorial's eval transform on a whole uint8 batch, on the device: PIL-exact resize, crop, normalise."""
+"""The tutorial's eval transform on a whole uint8 batch, on the device: PIL-exact resize, crop,
+normalise; and ``ImageBatches``, the seed's flips and shuffle on such batches for fine-tuning."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .config import epoch_seed
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .images import images_uint8
 
-__all__ = ["channels_last_pays", "preprocess", "resize_crop", "resized_size"]
+__all__ = ["ImageBatches", "channels_last_pays", "preprocess", "resize_crop", "resized_size"]
 
 # PIL resizes 8-bit images in fixed point: weights scaled by 2**22 and rounded to integers, a
 # horizontal pass rounded to 8 bits, then a vertical pass. Doing the same arithmetic (in float64,
@@ -116,3 +119,42 @@ def preprocess(x: torch.Tensor, image_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     if channels_last is None:
         channels_last = channels_last_pays(x.device)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+class ImageBatches:
+    """(preprocessed images on the device, labels) from a source's uint8 images: no DataLoader,
+    no per-image Python. Training: a permutation and random flips drawn from (seed, epoch) alone,
+    the seed's only augmentation; evaluation: in order, no flips."""
+
+    def __init__(self, ds, image_size: int, batch_size: int, device, train: bool, seed: int = 0,
+                 mean=None, std=None):
+        self.images = images_uint8(ds, image_size)
+        self.targets = torch.as_tensor(ds.targets, dtype=torch.long)
+        self.dataset = self.targets
+        self.image_size, self.batch_size, self.train, self.seed = image_size, batch_size, train, seed
+        self.device, self.epoch = torch.device(device), 0
+        self.norm = {} if mean is None else {"mean": mean, "std": std}
+        if self.device.type == "cuda" and isinstance(self.images, torch.Tensor) and self.images.nbytes <= 2**30:
+            self.images = self.images.to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.targets)
+        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.targets)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        flips = torch.rand(n, generator=g) < 0.5 if self.train else torch.zeros(n, dtype=torch.bool)
+        cl = channels_last_pays(self.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[idx.to(self.images.device)] if isinstance(self.images, torch.Tensor) \
+                else torch.cat([self.images[int(i):int(i) + 1] for i in idx])
+            x = preprocess(x.to(self.device), self.image_size, channels_last=cl, **self.norm)
+            f = flips[idx].to(self.device)
+            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+            yield x, self.targets[idx].to(self.device)

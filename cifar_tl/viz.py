@@ -257,3 +257,23 @@ def draw_transfer_learning(ax=None, image_size: int = 300, width: int = 1280, hi
     ax.text(5, 2.85, "transfer learning: reuse a trained feature extractor, train only a small head",
             ha="center", fontsize=9)
     return ax
+
+
+def plot_lr_find(result: dict, ax=None):
+    """The LR finder's smoothed loss against the learning rate (log scale), the suggestion marked."""
+    ax = _axes(ax, (5, 3.5))
+    ax.plot(result["lrs"], result["losses"], label="smoothed loss")
+    ax.axvline(result["suggestion"], color="C3", ls="--", label=f"suggestion {result['suggestion']:.1e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder (range test)")
+    ax.legend()
+    return ax
+
+
+def plot_group_lrs(lrs: dict[str, list[float]], ax=None):
+    """The learning rate of each parameter group over the steps ({group name: [lr per step]})."""
+    ax = _axes(ax, (6, 3.5))
+    for name, values in lrs.items():
+        ax.plot(values, label=name)
+    ax.set(yscale="log", xlabel="step", ylabel="learning rate", title="learning rate of each group")
+    ax.legend(fontsize=7)
+    return ax

@@ -53,6 +53,18 @@ def damaged(content: bytes, where: float, byte: int, truncate: bool) -> bytes:
     return bytes(content)
 
 
+def cli_in_process(capsys, *argv):
+    """The CLI in this process: (exit code, stdout, stderr lines). An unexpected exception fails the test."""
+    from cifar_tl import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
 def run_cli(*args, env=None, timeout=600):
     """python -m cifar_tl ... in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -7,19 +7,14 @@ import torch
 
 from cifar_tl import cli, runs
 
+from .conftest import cli_in_process as _cli
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ("--profile", "smoke", "--backbone", "resnet18", "--image-size", "32", "--train-size", "200",
         "--test-size", "100", "--quiet")
 
 
-def _cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err.strip().splitlines()
 
 
 @pytest.fixture(scope="module")

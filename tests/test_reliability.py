@@ -17,12 +17,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cifar_tl import checkpoint, cli, inference, pipeline
+from cifar_tl import checkpoint, inference, pipeline
 from cifar_tl.config import Config
 from cifar_tl.errors import CheckpointError
 from cifar_tl.models import MLPHead
 
-from .conftest import ONE_THREAD, ROOT, damaged, run_cli
+from .conftest import ONE_THREAD, ROOT, cli_in_process, damaged, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,18 +33,8 @@ def _cfg(tmp_path, **kw):
     return Config.for_profile("smoke", **{**base, **kw})
 
 
-def _cli_full(capsys, *argv):
-    """The CLI in this process: (exit code, stdout, stderr lines). An unexpected exception fails the test."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err.strip().splitlines()
-
-
 def _cli(capsys, *argv):
-    code, _, err = _cli_full(capsys, *argv)
+    code, _, err = cli_in_process(capsys, *argv)
     return code, err
 
 
@@ -371,7 +361,7 @@ def test_evaluate_and_predict_rebuild_the_random_backbone_the_head_was_trained_o
     cfg = _cfg(tmp_path, epochs=3)
     m = pipeline.run(cfg, tmp_path / "run")
     torch.manual_seed(12345)  # whatever the global RNG holds
-    code, out, _ = _cli_full(capsys, "evaluate", "--checkpoint", tmp_path / "run" / "head.pt", "--quiet",
+    code, out, _ = cli_in_process(capsys, "evaluate", "--checkpoint", tmp_path / "run" / "head.pt", "--quiet",
                              "--data-root", cfg.data_root)
     assert code == 0 and f"test accuracy {m['test_accuracy']:.4f}" in out
     blob = torch.load(tmp_path / "run" / "head.pt", weights_only=True)

@@ -6,11 +6,13 @@ import json
 import pytest
 import torch
 
-from cifar_tl import cli, engine, pipeline, runs
+from cifar_tl import engine, pipeline, runs
 from cifar_tl.config import Config
 from cifar_tl.errors import CifarTLError, TrainingDiverged
 from cifar_tl.features import FeatureLoader
 from cifar_tl.models import MLPHead
+
+from .conftest import cli_in_process as _cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,13 +20,6 @@ TINY = ("--profile", "smoke", "--backbone", "resnet18", "--image-size", "32", "-
         "--test-size", "100", "--epochs", "2", "--quiet")
 
 
-def _cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err.strip().splitlines()
 
 
 def _strict(path):
@@ -122,3 +117,25 @@ def test_pipeline_run_returns_metrics_and_every_file_is_strict_json(tmp_path):
         _strict(tmp_path / "run" / name)
     with pytest.raises(CifarTLError):
         pipeline.run(cfg, tmp_path / "run", overwrite=False)
+
+
+def test_the_tutorial_path_runs_the_backbone_with_the_chosen_precision(tmp_path, monkeypatch):
+    """--no-cache: every training step's backbone runs through the resolved engine/precision."""
+    from cifar_tl import engines
+
+    seen = []
+    real = engines.BackboneRunner.__call__
+
+    def spy(self, x):
+        seen.append((self.precision, len(x)))
+        return real(self, x)
+
+    monkeypatch.setattr(engines.BackboneRunner, "__call__", spy)
+    cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=100, test_size=100,
+                             epochs=1, batch_size=10, cache=False, precision="bf16", engine="torch",
+                             progress=False, data_root=str(tmp_path / "data"))
+    m = pipeline.run(cfg, tmp_path / "run")
+    assert (m["engine"], m["precision"]) == ("torch", "bf16")
+    assert {p for p, _ in seen} == {"bf16"}
+    # the statistics (100 images), 10 training steps, and the test split at least once
+    assert sum(n for _, n in seen) >= 100 + 100 + 100
