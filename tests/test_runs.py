@@ -139,3 +139,37 @@ def test_the_tutorial_path_runs_the_backbone_with_the_chosen_precision(tmp_path,
     assert {p for p, _ in seen} == {"bf16"}
     # the statistics (100 images), 10 training steps, and the test split at least once
     assert sum(n for _, n in seen) >= 100 + 100 + 100
+
+
+def _full_disk_for(monkeypatch, where):
+    """torch.save fails as on a full disk (a RuntimeError with the OSError behind it) for files
+    whose path contains ``where`` (the temp file's path, read back from its descriptor: Linux)."""
+    import errno
+    import os
+
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        name = os.readlink(f"/proc/self/fd/{f.fileno()}") if hasattr(f, "fileno") else str(f)
+        if where in name:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as e:
+                raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from e
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_for_out_is_one_line(tmp_path, capsys, monkeypatch):
+    _full_disk_for(monkeypatch, str(tmp_path / "run"))
+    code, _, err = _cli(capsys, "run", *TINY, "--out", tmp_path / "run", "--data-root", tmp_path / "data")
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0] and "state.pt" in err[0], err
+
+
+def test_a_full_disk_for_the_cache_only_costs_time(tmp_path, capsys, monkeypatch):
+    _full_disk_for(monkeypatch, str(tmp_path / "data" / "features"))
+    code, out, err = _cli(capsys, "run", *TINY, "--out", tmp_path / "run", "--data-root", tmp_path / "data")
+    assert code == 0, err
+    assert "No space left on device" in out and "cache" in out
+    assert _strict(tmp_path / "run" / "metrics.json")["epochs"] == 2
