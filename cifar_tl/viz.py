@@ -35,11 +35,13 @@ def smoke_note(cfg):
 
 
 
-def to_image(x) -> np.ndarray:
+def to_image(x, normalized: bool | None = None) -> np.ndarray:
     """Anything image-like -> HWC float array in [0, 1] for imshow.
 
-    Accepts PIL images, uint8 or float tensors/arrays in CHW or HWC; a float tensor with
-    negative values is taken to be ImageNet-normalised and is un-normalised.
+    Accepts PIL images, uint8 or float tensors/arrays in CHW or HWC. A float image is
+    un-normalised (ImageNet mean and std) when ``normalized``; ``None`` guesses from its values:
+    outside [0, 1] means normalised (a bright normalised picture has values above 1, a dark one
+    below 0). A normalised image whose values all fall inside [0, 1] needs ``normalized=True``.
     """
     if hasattr(x, "convert"):  # PIL
         return np.asarray(x.convert("RGB"), dtype=np.float32) / 255
@@ -52,7 +54,7 @@ def to_image(x) -> np.ndarray:
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255
     x = x.astype(np.float32)
-    if x.min() < 0:
+    if normalized or (normalized is None and (x.min() < 0 or x.max() > 1)):
         x = x * np.array(IMAGENET_STD, dtype=np.float32) + np.array(IMAGENET_MEAN, dtype=np.float32)
     return x.clip(0, 1)
 

@@ -280,3 +280,20 @@ def test_dataset_browser_class_filter_shows_exactly_that_class(monkeypatch):
     choice.value = values["all classes"]
     assert slider.max == len(ds) - 1
     assert reachable() == set(range(len(ds)))
+
+
+def test_to_image_undoes_the_normalisation_of_a_bright_picture_too():
+    """A uniform pixel of 200 normalises to values above 1 and none below 0."""
+    import numpy as np
+
+    from cifar_tl import viz
+
+    raw = np.full((4, 5, 3), 200, dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = torch.from_numpy(((raw / 255 - mean) / std).astype(np.float32)).permute(2, 0, 1)
+    assert float(x.min()) > 0
+    for normalized in (None, True):
+        back = viz.to_image(x, normalized=normalized) * 255
+        assert np.abs(back - raw).max() <= 1, normalized
+    plain = torch.full((3, 4, 5), 0.5)  # a ToTensor image, not normalised
+    assert np.allclose(viz.to_image(plain), 0.5)
