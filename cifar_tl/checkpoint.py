@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from . import __version__
 from .config import MAX_IMAGE_SIZE, Config
 from .errors import AssetMissingError, CheckpointError, ConfigError, one_line
 from .models import MLPHead
@@ -28,12 +29,6 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 _OTHER_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
                 b"RIFF": "a WebP image or other RIFF file", b"BM": "a BMP image", b"%PDF": "a PDF document",
                 b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 # --------------------------------------------------------------------------- digests
@@ -124,7 +119,7 @@ def save_head(path: str | Path, head: MLPHead, *, config, class_names, coarse_cl
         "backbone_fingerprint": backbone_fingerprint,
         "config": cfg,
         "metrics": dict(metrics or {}),
-        "versions": {"cifar_tl": _version(), "torch": str(torch.__version__),
+        "versions": {"cifar_tl": __version__, "torch": str(torch.__version__),
                      "torchvision": str(torchvision.__version__)},
     }
     return atomic_save(with_checksum(blob), path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchvision
 
 from . import checkpoint, data, engine, features, finetune
 from .config import Config, resolve_device
@@ -45,7 +46,7 @@ def load_model(path: str | Path, device="cpu", weights=None) -> tuple[TransferMo
         raise CheckpointError(
             f"{path}: the {name} backbone ({weights or 'random'} weights) rebuilt here is not the one "
             f"this head was trained on (made with torch {made.get('torch')}, torchvision "
-            f"{made.get('torchvision')}; here {torch.__version__}, {_tv_version()}): use it with those "
+            f"{made.get('torchvision')}; here {torch.__version__}, {torchvision.__version__}): use it with those "
             "versions, or train a new head here")
     return TransferModel(backbone, head).to(device).eval(), meta
 
@@ -53,12 +54,6 @@ def load_model(path: str | Path, device="cpu", weights=None) -> tuple[TransferMo
 def _fine_tuned(blob) -> bool:
     """Whether a loaded checkpoint is a fine-tuned run's model.pt (else a head.pt)."""
     return isinstance(blob, dict) and blob.get("format") == finetune.MODEL_FORMAT
-
-
-def _tv_version() -> str:
-    import torchvision
-
-    return torchvision.__version__
 
 
 def evaluate_config(path: str | Path, blob: dict, profile: Config | None = None, **overrides) -> Config:

@@ -173,3 +173,14 @@ def test_a_full_disk_for_the_cache_only_costs_time(tmp_path, capsys, monkeypatch
     assert code == 0, err
     assert "No space left on device" in out and "cache" in out
     assert _strict(tmp_path / "run" / "metrics.json")["epochs"] == 2
+
+
+def test_both_paths_give_history_rows_of_the_same_shape(tmp_path):
+    keys = []
+    for cache in (True, False):
+        cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=100, test_size=100,
+                                 epochs=1, cache=cache, progress=False, data_root=str(tmp_path / "data"))
+        pipeline.run(cfg, tmp_path / f"run-{cache}")
+        [row] = _strict(tmp_path / f"run-{cache}" / "history.json")
+        keys.append(set(row))
+    assert keys[0] == keys[1] and {"test_accuracy", "train_loss", "seconds"} <= keys[0]
