@@ -1,13 +1,20 @@
 """Entry point for ``python -m cifar_tl``."""
 
-import os
+import signal
 import sys
 
+# A Ctrl-C while torch and the rest import (the first seconds of any command) would stop an
+# extension module half-loaded: a traceback, or a later "cannot load module more than once".
+# So the imports run with Ctrl-C only noted, and a noted one ends the command in one line.
+_pressed: list[int] = []
+_default = signal.signal(signal.SIGINT, lambda signum, frame: _pressed.append(signum))
 try:
+    from . import pipeline  # noqa: F401  (everything any command needs, imported once, here)
     from .cli import main
-except KeyboardInterrupt:  # Ctrl-C while torch is still importing: one line, as any interruption
+finally:
+    signal.signal(signal.SIGINT, _default)
+if _pressed:
     sys.stderr.write("error: interrupted before the command started\n")
-    sys.stderr.flush()
-    os._exit(1)  # at once: a half-imported torch must not run its exit handlers
+    sys.exit(1)
 
 sys.exit(main())
