@@ -26,10 +26,10 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
         **changes) -> dict:
     """Train and evaluate a head as ``cfg`` says, writing everything to ``out``. Returns the metrics.
 
-    Files: config.json, metrics.json, history.json, head.pt, state.pt (for ``resume``), and the
-    plots history.png and confusion.png. The fast path (``cfg.cache``) extracts frozen features
-    once and trains the head on them; otherwise the tutorial's path recomputes the backbone for
-    every image of every epoch.
+    Files: config.json, metrics.json, history.json, head.pt (model.pt when ``cfg.unfreeze``
+    fine-tunes stages of the backbone), state.pt (for ``resume``), and the plots history.png and
+    confusion.png. The fast path (``cfg.cache``) extracts frozen features once and trains the head
+    on them; otherwise the tutorial's path recomputes the backbone for every image of every epoch.
 
     After every epoch head.pt, history.json and state.pt are written (atomically, together). A
     Ctrl-C, kernel interrupt or SIGTERM raises ``Interrupted`` after keeping the last completed
@@ -59,6 +59,7 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
 
 
 def _steps(r: runs.Run) -> dict:
+    """Every step of a run, each timed into ``metrics["seconds"]``."""
     engine.seed_everything(r.cfg.seed)
     t0 = time.perf_counter()
     log.info("run: profile %s, source %s, backbone %s (%s weights), %s px, device %s, %s -> %s",
