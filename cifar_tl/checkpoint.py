@@ -86,15 +86,19 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 # --------------------------------------------------------------------------- saving
-def save_head(path: str | Path, head: MLPHead, *, config, class_names, coarse_classes=None,
-              fine_to_coarse=None, metrics: dict | None = None,
-              backbone_fingerprint: str | None = None) -> Path:
-    """Save the head's state_dict and everything needed to use it again, atomically.
+def save_head(path: str | Path, head: MLPHead, **meta) -> Path:
+    """Save the head's state_dict and everything needed to use it again (``head_blob``), atomically.
+    Parent folders are created."""
+    return atomic_save(head_blob(head, **meta), path)
+
+
+def head_blob(head: MLPHead, *, config, class_names, coarse_classes=None, fine_to_coarse=None,
+              metrics: dict | None = None, backbone_fingerprint: str | None = None) -> dict:
+    """The head's state_dict and everything needed to use it again, under one checksum.
 
     Only tensors and plain Python values are stored, so ``torch.load(weights_only=True)``
     reads it on any machine (the tutorial pickled a whole module moved to 'cuda'). Backbone
-    weights given as a file are stored as an absolute path with the file's sha256. Parent
-    folders are created.
+    weights given as a file are stored as an absolute path with the file's sha256.
     """
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     weights = cfg["weights"]
@@ -122,7 +126,7 @@ def save_head(path: str | Path, head: MLPHead, *, config, class_names, coarse_cl
         "versions": {"cifar_tl": __version__, "torch": str(torch.__version__),
                      "torchvision": str(torchvision.__version__)},
     }
-    return atomic_save(with_checksum(blob), path)
+    return with_checksum(blob)
 
 
 # --------------------------------------------------------------------------- loading
@@ -180,9 +184,10 @@ def _check_magic(path: Path, what: str) -> None:
                           "copy or save it again")
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a head checkpoint's contents safely and check every field, or raise CheckpointError."""
-    blob = load_file(path)
+def read_checkpoint(path: str | Path, blob: dict | None = None) -> dict:
+    """Load a head checkpoint's contents safely and check every field, or raise CheckpointError.
+    ``blob``: the contents already loaded (``load_file``), to check without reading again."""
+    blob = load_file(path) if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cifar_tl head checkpoint (no '{FORMAT}' format tag)")
     version = blob.get("format_version")
@@ -213,9 +218,14 @@ def _checksum_ok(blob: dict, version: int) -> bool:
     if version == 1:  # before the metadata was covered: only the weights carry a checksum
         digest = blob.get("state_dict_sha256")
         return digest is None or digest == _tensors_digest(blob["state_dict"])
+    return checksum_ok(blob)
+
+
+def checksum_ok(blob: dict) -> bool:
+    """Whether ``blob`` carries the checksum of its own contents (``with_checksum``)."""
     try:
         return blob.get("sha256") == _checksum(blob)
-    except (TypeError, ValueError, RecursionError):  # metadata that JSON cannot even describe
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):  # not even describable
         return False
 
 
@@ -303,13 +313,14 @@ def check_compatible(blob: dict, path="checkpoint", **expected) -> None:
         raise CheckpointError(f"{path} does not fit this model: " + "; ".join(diffs))
 
 
-def load_head(path: str | Path, **expected) -> tuple[MLPHead, dict]:
-    """Rebuild the head from a checkpoint. Keyword arguments (backbone=, num_classes=,
-    image_size=, feature_dim=, weights=) are checked against its metadata first.
+def load_head(path: str | Path, *, blob: dict | None = None, **expected) -> tuple[MLPHead, dict]:
+    """Rebuild the head from a checkpoint (``blob``: its contents, if already loaded). Keyword
+    arguments (backbone=, num_classes=, image_size=, feature_dim=, weights=) are checked against
+    its metadata first.
 
     Returns (head on the CPU in eval mode, metadata dict).
     """
-    blob = read_checkpoint(path)
+    blob = read_checkpoint(path, blob)
     check_compatible(blob, path, **expected)
     try:
         head = MLPHead(blob["feature_dim"], blob["num_classes"], tuple(blob["hidden"]), blob["standardize"])
@@ -322,4 +333,5 @@ def load_head(path: str | Path, **expected) -> tuple[MLPHead, dict]:
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "check_compatible", "check_weights_file",
-           "load_file", "load_head", "read_checkpoint", "save_head", "weights_digest", "with_checksum"]
+           "checksum_ok", "head_blob", "load_file", "load_head", "read_checkpoint", "save_head",
+           "weights_digest", "with_checksum"]

@@ -25,7 +25,7 @@ from . import checkpoint, engine
 from .config import epoch_seed, parse_unfreeze
 from .engines import resolve_precision
 from .errors import CheckpointError, ConfigError
-from .models import MLPHead, TransferModel, build_backbone, normalization
+from .models import TransferModel, build_backbone, normalization
 from .preprocess import ImageBatches, channels_last_pays  # noqa: F401  (ImageBatches: finetune's public name too)
 from .storage import atomic_save
 
@@ -250,12 +250,8 @@ def save_model(path, model: TransferModel, *, config, class_names, metrics=None,
     backbone tensors, checksummed, loadable with ``weights_only=True``. ``head_meta`` as for
     ``checkpoint.save_head`` (coarse_classes, fine_to_coarse, backbone_fingerprint)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.head.tmp")
-    try:
-        checkpoint.save_head(tmp, model.head, config=config, class_names=class_names, metrics=metrics, **head_meta)
-        head = checkpoint.read_checkpoint(tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
+    head = checkpoint.read_checkpoint(path, checkpoint.head_blob(  # checked as head.pt would be
+        model.head, config=config, class_names=class_names, metrics=metrics, **head_meta))
     bb = model.backbone
     blob = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "state_dict": trained_state(bb),
             "unfrozen": [n for n, s in zip(bb.stage_names, bb.stages) if any(s is u for u in getattr(bb, "unfrozen", []))],
@@ -263,10 +259,11 @@ def save_model(path, model: TransferModel, *, config, class_names, metrics=None,
     return atomic_save(checkpoint.with_checksum(blob), path)
 
 
-def load_model_checkpoint(path, device="cpu") -> tuple[TransferModel, dict]:
-    """Rebuild a fine-tuned model from model.pt: the original backbone (its fingerprint checked),
-    the trained tensors put back, the head. Returns (model in eval mode, the head's metadata)."""
-    blob = checkpoint.load_file(path, "model checkpoint")
+def load_model_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple[TransferModel, dict]:
+    """Rebuild a fine-tuned model from model.pt (``blob``: its contents, if already loaded): the
+    original backbone (its fingerprint checked), the trained tensors put back, the head.
+    Returns (model in eval mode, the head's metadata)."""
+    blob = checkpoint.load_file(path, "model checkpoint") if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a cifar_tl model checkpoint (no '{MODEL_FORMAT}' format tag)")
     if blob.get("format_version") != MODEL_FORMAT_VERSION:
@@ -274,7 +271,7 @@ def load_model_checkpoint(path, device="cpu") -> tuple[TransferModel, dict]:
                               f"{MODEL_FORMAT_VERSION}; use the cifar_tl that wrote it")
     head_blob = blob.get("head")
     if not (isinstance(head_blob, dict) and isinstance(blob.get("state_dict"), dict)
-            and _checksum_ok(blob) and _checksum_ok(head_blob)):
+            and checkpoint.checksum_ok(blob) and checkpoint.checksum_ok(head_blob)):
         raise CheckpointError(f"{path}: damaged: its weights or metadata do not match their checksum")
     cfg = head_blob["config"]
     backbone = build_backbone(head_blob["backbone"], head_blob["weights"], cfg.get("seed", 0))
@@ -286,19 +283,6 @@ def load_model_checkpoint(path, device="cpu") -> tuple[TransferModel, dict]:
     if missing:
         raise CheckpointError(f"{path}: tensors for layers {head_blob['backbone']} does not have: {sorted(missing)[:3]}")
     backbone.load_state_dict(blob["state_dict"], strict=False)
-    head = MLPHead(head_blob["feature_dim"], head_blob["num_classes"], tuple(head_blob["hidden"]),
-                   head_blob["standardize"])
-    head.load_state_dict(head_blob["state_dict"])
-    meta = {k: v for k, v in head_blob.items() if k != "state_dict"}
+    head, meta = checkpoint.load_head(path, blob=head_blob)
     meta.update(unfrozen=blob["unfrozen"], bn_train=blob["bn_train"])
     return TransferModel(backbone, head).to(device).eval(), meta
-
-
-def _checksum_ok(blob: dict) -> bool:
-    try:
-        return checkpoint.with_checksum({k: v for k, v in blob.items() if k != "sha256"})["sha256"] == blob.get("sha256")
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return False
-
-
-# --------------------------------------------------------------------------- plots

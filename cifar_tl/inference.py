@@ -16,16 +16,18 @@ from .models import TransferModel, build_backbone, check_backbone
 __all__ = ["evaluate_checkpoint", "iter_predictions", "load_model", "predict_files"]
 
 
-def load_model(path: str | Path, device="cpu", weights=None) -> tuple[TransferModel, dict]:
+def load_model(path: str | Path, device="cpu", weights=None, blob=None) -> tuple[TransferModel, dict]:
     """The backbone the checkpoint was trained on, with its head: ready for evaluate/predict.
 
     A random backbone is rebuilt from the run's seed, and the checkpoint's backbone fingerprint
     proves it is the same one (else CheckpointError, not silently wrong predictions). A
-    fine-tuned run's ``model.pt`` also puts back the trained stages.
+    fine-tuned run's ``model.pt`` also puts back the trained stages. ``blob``: the file's contents,
+    if already loaded (``checkpoint.load_file``).
     """
-    if _fine_tuned(checkpoint.load_file(path)):
-        return finetune.load_model_checkpoint(path, device)
-    head, meta = checkpoint.load_head(path)
+    blob = checkpoint.load_file(path) if blob is None else blob
+    if _fine_tuned(blob):
+        return finetune.load_model_checkpoint(path, device, blob)
+    head, meta = checkpoint.load_head(path, blob=blob)
     name = meta["backbone"]
     try:
         check_backbone(name)
@@ -82,10 +84,10 @@ def evaluate_checkpoint(path: str | Path, profile: Config | None = None, **overr
     """
     blob = checkpoint.load_file(path)
     fine_tuned = _fine_tuned(blob)
-    cfg = evaluate_config(path, blob["head"] if fine_tuned else checkpoint.read_checkpoint(path),
+    cfg = evaluate_config(path, blob["head"] if fine_tuned else checkpoint.read_checkpoint(path, blob),
                           profile, **overrides)
     device = resolve_device(cfg.device)
-    model, meta = load_model(path, device)
+    model, meta = load_model(path, device, blob=blob)
     test_ds = data.build_source(cfg, train=False)
     if len(test_ds.classes) != meta["num_classes"]:
         raise CheckpointError(f"{path} does not fit this data: num_classes: checkpoint has "
