@@ -15,7 +15,7 @@ from .console import enable_notices, say
 from .errors import CifarTLError, ConfigError, one_line
 
 # Flags whose name is not the field's: --no-cache sets cache=False, and so on.
-_FLAGS = {"cache": "--no-cache", "progress": "--quiet", "standardize": "--no-standardize"}
+_FLAGS = {"cache": "--no-cache", "progress": "--quiet", "standardize": "--standardize/--no-standardize"}
 RUN_FLAGS: set[str] = set()  # the options of `run`, filled in by build_parser
 
 EXAMPLES = """examples:
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Flags left out are absent from the namespace, so only what was typed overrides the profile.
     quiet = dict(argument_default=argparse.SUPPRESS)
 
+    q.add_argument("--standardize", dest="standardize", action="store_const", const=True,
+                   help="standardise the features before the head (default: only for random weights)")
     r = sub.add_parser("run", **quiet, help="train a head and evaluate it",
                        description="Train a head on frozen features (and fine-tune with --unfreeze), evaluate it, write a report.")
     _data_args(r)

@@ -62,7 +62,10 @@ class Config:
     weights: str | None = _f("imagenet", "model")  # "imagenet", None (random) or a state-dict file
     image_size: int = _f(300, "model")  # EfficientNetV2-S was trained at 300 px (the tutorial: 32 -> 300)
     hidden: tuple[int, ...] = _f((256, 256), "model")  # the tutorial's head: width-256-256-classes
-    standardize: bool = _f(True, "model")  # per-feature z-score before the head; README "Differences"
+    # A per-feature z-score before the head, fitted on the training features. "auto": only for a
+    # random backbone, whose nearly constant features an MLP cannot learn from raw (README,
+    # "Differences"); pretrained features feed the tutorial's bare head.
+    standardize: bool | str = _f("auto", "model")
     # training
     batch_size: int = _f(8, "training")  # the tutorial's value; the cached path can afford far more
     lr: float = _f(1e-3, "training")  # Adam, as in the tutorial
@@ -174,6 +177,11 @@ class Config:
 
     def total_epochs(self) -> int:
         """Every epoch a run trains: the head phase, then ``epochs`` (fine-tuning when ``unfreeze``)."""
+    def standardizes(self) -> bool:
+        """Whether the head standardises its features: ``standardize``, with "auto" meaning "only
+        for a random backbone" (``weights`` None)."""
+        return self.weights is None if self.standardize == "auto" else bool(self.standardize)
+
         return self.head_phase_epochs() + self.epochs
 
     # ------------------------------------------------------------------ checks
@@ -191,13 +199,15 @@ class Config:
         _positive_number("lr-decay", self.lr_decay, upper=1.0)
         if not _number(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError(f"weight-decay must be a number >= 0, got {self.weight_decay!r}")
+        if self.standardize not in (True, False, "auto"):
+            raise ConfigError(f"standardize must be true, false or 'auto', got {self.standardize!r}")
         if not _int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be an integer from 0 to 2**32-1, got {self.seed!r}")
         if not _int(self.num_workers) or self.num_workers < 0:
             raise ConfigError(f"num-workers must be an integer >= 0, got {self.num_workers!r}")
         if not isinstance(self.hidden, tuple) or not all(_int(h) and 0 < h <= 65536 for h in self.hidden):
             raise ConfigError(f"hidden must be positive layer widths, got {self.hidden!r}")
-        for name in ("standardize", "cache", "bn_train", "progress"):
+        for name in ("cache", "bn_train", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in (("profile", PROFILES), ("device", DEVICES), ("precision", PRECISIONS),

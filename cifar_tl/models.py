@@ -70,10 +70,15 @@ class Standardize(nn.Module):
 
 
 class MLPHead(nn.Sequential):
-    """The tutorial's head, sized from the data: in_dim -> 256 -> 256 -> num_classes by default."""
+    """The tutorial's head, sized from the data: in_dim -> 256 -> 256 -> num_classes by default.
 
-    def __init__(self, in_dim: int, num_classes: int, hidden=(256, 256), standardize: bool = True):
-        layers: list[nn.Module] = [Standardize(in_dim) if standardize else nn.Identity()]
+    Without standardisation it is exactly the tutorial's ``fc``: Linear, ReLU, Linear, ReLU,
+    Linear, with the same state_dict keys (0, 2, 4), so the tutorial's saved weights load into it.
+    With ``standardize`` a ``Standardize`` layer comes first (for a random backbone).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, hidden=(256, 256), standardize: bool = False):
+        layers: list[nn.Module] = [Standardize(in_dim)] if standardize else []
         dims = [in_dim, *hidden]
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -84,6 +89,14 @@ class MLPHead(nn.Sequential):
     @property
     def standardizer(self) -> Standardize | None:
         return self[0] if isinstance(self[0], Standardize) else None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also loads a bare head saved by earlier versions of the package, where an ``Identity``
+        stood first and the layers were numbered from 1 (keys 1, 3, 5 instead of 0, 2, 4)."""
+        keys = set(state_dict)
+        if self.standardizer is None and "0.weight" not in keys and "1.weight" in keys:
+            state_dict = {f"{int(k.split('.', 1)[0]) - 1}.{k.split('.', 1)[1]}": v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 class TransferModel(nn.Module):
@@ -109,7 +122,7 @@ class TransferModel(nn.Module):
     @classmethod
     def from_config(cls, cfg, num_classes: int = 100) -> TransferModel:
         backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed)
-        head = MLPHead(backbone.num_features, num_classes, cfg.hidden, cfg.standardize)
+        head = MLPHead(backbone.num_features, num_classes, cfg.hidden, cfg.standardizes())
         return cls(backbone, head)
 
     def train(self, mode: bool = True) -> TransferModel:

@@ -124,7 +124,7 @@ def build_model(r: runs.Run) -> None:
     """The frozen backbone and a fresh head sized from the backbone and the data."""
     backbone = build_backbone(r.cfg.backbone, r.cfg.weights, r.cfg.seed)
     r.fingerprint = checkpoint.backbone_fingerprint(backbone)
-    head = MLPHead(backbone.num_features, len(r.train_ds.classes), r.cfg.hidden, r.cfg.standardize)
+    head = MLPHead(backbone.num_features, len(r.train_ds.classes), r.cfg.hidden, r.cfg.standardizes())
     r.model = TransferModel(backbone, head).to(r.device)
 
 
@@ -147,15 +147,15 @@ def make_loaders(r: runs.Run) -> None:
         r.test_loader = FeatureLoader(te_f, te_y, max(cfg.batch_size, 256), train=False, device=r.device)
         r.trainee = model.head
     else:
-        # Statistics for the head's standardisation from up to 1,000 training images.
-        imgs = features.images_uint8(r.train_ds, cfg.image_size)[:1000]
         runner = engines.make_runner(model.backbone, r.device, cfg.image_size, cfg.engine, cfg.precision,
                                      cfg.data_root)
         model.runner = runner  # the tutorial path runs the backbone this way every step
         r.backbone_run = {"engine": runner.engine, "precision": runner.precision, "backbone_reason": runner.reason}
         log.info("backbone: %s", runner.reason)
-        r.stats_source = features.extract(model.backbone, imgs, cfg.image_size, r.device, features.VIEWS_TEST,
-                                          progress=cfg.progress, runner=runner)
+        if model.head.standardizer is not None:  # its statistics from up to 1,000 training images
+            imgs = features.images_uint8(r.train_ds, cfg.image_size)[:1000]
+            r.stats_source = features.extract(model.backbone, imgs, cfg.image_size, r.device, features.VIEWS_TEST,
+                                              progress=cfg.progress, runner=runner)
         r.train_loader = _EpochSeeded(
             data.make_loader(r.train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers), cfg.seed)
         r.test_loader = data.make_loader(r.test_ds, max(cfg.batch_size, 64), False, num_workers=cfg.num_workers)

@@ -244,21 +244,23 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
 
 
 # --------------------------------------------------------------------------- head explorer
-def train_head(train, test, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,
+def train_head(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,
                batch_size: int = 32, seed: int = 0, device="cpu", num_classes: int | None = None,
-               on_epoch_end=None):
+               standardize: bool = False, on_epoch_end=None):
     """Train a fresh MLP head on cached features in seconds. Returns (head, history).
 
-    ``train`` and ``test`` are (features [N,V,D], targets [N]) from ``features.cached_features``.
+    ``train`` and ``val`` are (features [N,V,D], targets [N]) from ``features.cached_features``.
+    ``standardize``: put a ``Standardize`` layer first (``Config.standardizes()``: a random backbone).
     """
-    (tr_f, tr_y), (te_f, te_y) = train, test
+    (tr_f, tr_y), (va_f, va_y) = train, val
     torch.manual_seed(seed)
-    num_classes = num_classes or int(max(tr_y.max(), te_y.max())) + 1
-    head = MLPHead(tr_f.shape[-1], num_classes, hidden=(hidden,) * depth)
-    head.standardizer.fit_stats(tr_f)
+    num_classes = num_classes or int(max(tr_y.max(), va_y.max())) + 1
+    head = MLPHead(tr_f.shape[-1], num_classes, hidden=(hidden,) * depth, standardize=standardize)
+    if head.standardizer is not None:
+        head.standardizer.fit_stats(tr_f)
     history = engine.fit(
         head, FeatureLoader(tr_f, tr_y, batch_size, train=True, seed=seed, device=device),
-        FeatureLoader(te_f, te_y, 512, train=False, device=device),
+        FeatureLoader(va_f, va_y, 512, train=False, device=device),
         epochs=epochs, lr=lr, device=device, seed=seed, progress=False, on_epoch_end=on_epoch_end)
     return head, history
 
@@ -269,16 +271,17 @@ def _explorer_title(hidden, depth, lr, history) -> str:
             f"test accuracy {last.get('test_accuracy', float('nan')):.1%}")
 
 
-def head_explorer(train, test, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,
-                  batch_size: int = 32, device="cpu", interactive: bool | None = None):
+def head_explorer(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,
+                  batch_size: int = 32, device="cpu", standardize: bool = False,
+                  interactive: bool | None = None):
     """Retrain the head on cached features with your own hidden size, depth, learning rate and epochs.
 
     Interactive: sliders, a Train button and a curve redrawn after every epoch.
     Static: one training with the given values and its curve. Returns the widget or the figure.
     """
     if not _decide(interactive):
-        _, history = train_head(train, test, hidden=hidden, depth=depth, lr=lr, epochs=epochs,
-                                batch_size=batch_size, device=device)
+        _, history = train_head(train, val, hidden=hidden, depth=depth, lr=lr, epochs=epochs,
+                                batch_size=batch_size, device=device, standardize=standardize)
         live = viz.LiveHistory(epochs, _explorer_title(hidden, depth, lr, history) + " (static view)")
         live.history = history
         return live.figure()
@@ -300,8 +303,9 @@ def head_explorer(train, test, *, hidden: int = 256, depth: int = 2, lr: float =
                 live.title = _explorer_title(w_hidden.value, w_depth.value, w_lr.value, live.history)
                 _show_in(out, live.figure())
 
-            train_head(train, test, hidden=w_hidden.value, depth=w_depth.value, lr=w_lr.value,
-                       epochs=w_epochs.value, batch_size=batch_size, device=device, on_epoch_end=redraw)
+            train_head(train, val, hidden=w_hidden.value, depth=w_depth.value, lr=w_lr.value,
+                       epochs=w_epochs.value, batch_size=batch_size, device=device, standardize=standardize,
+                       on_epoch_end=redraw)
         finally:
             button.disabled = False
 

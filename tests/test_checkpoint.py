@@ -16,7 +16,7 @@ from .conftest import run_cli
 
 def _head():
     torch.manual_seed(0)
-    head = MLPHead(32, 5, hidden=(16, 16))
+    head = MLPHead(32, 5, hidden=(16, 16), standardize=True)
     head.standardizer.fit_stats(torch.randn(50, 32) * 3 + 1)
     return head
 

@@ -58,7 +58,7 @@ def test_each_engine_and_precision_gives_the_features_of_torch_fp32(setup, engin
 
 def _accuracy(train_f, train_y, test_f, test_y, seed=0) -> float:
     torch.manual_seed(seed)
-    head = MLPHead(train_f.shape[-1], 100)
+    head = MLPHead(train_f.shape[-1], 100, standardize=True)
     head.standardizer.fit_stats(train_f)
     loader = features.FeatureLoader(train_f, train_y, 32, train=True, seed=seed)
     with engine.head_threads("cpu"):

@@ -82,7 +82,7 @@ def test_every_head_parameter_gets_a_gradient(tiny_cfg):
 
 def test_head_overfits_one_batch():
     torch.manual_seed(0)
-    head = MLPHead(64, 10)
+    head = MLPHead(64, 10, standardize=True)
     x, y = torch.randn(16, 64), torch.arange(16) % 10
     head.standardizer.fit_stats(x)
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
@@ -99,7 +99,7 @@ def test_standardize_makes_near_constant_features_usable():
     """Random backbones give features that differ across images by ~1e-6 (DESIGN.md)."""
     base = torch.rand(1, 32)
     feats = base + 3e-6 * torch.randn(100, 32)
-    head = MLPHead(32, 2)
+    head = MLPHead(32, 2, standardize=True)
     head.standardizer.fit_stats(feats)
     z = head.standardizer(feats)
     assert torch.allclose(z.mean(0), torch.zeros(32), atol=0.05)  # float32 resolves ~1e-7 of 0.5
