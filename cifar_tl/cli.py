@@ -46,6 +46,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
 def _unfreeze(text: str):
     try:
         return parse_unfreeze(text)
@@ -69,13 +79,18 @@ def _data_args(q) -> None:
 
 def _model_args(q) -> None:
     q.add_argument("--train-size", type=_positive, help="class-balanced subset of the training split")
+    q.add_argument("--val-size", type=_count, metavar="N",
+                   help="training images held out for validation, class-balanced (default 10%% of the "
+                        "training subset; 0: none, as the tutorial)")
     q.add_argument("--batch-size", type=_positive)
     q.add_argument("--backbone", metavar="NAME", help="any torchvision classification model (see `backbones`)")
     q.add_argument("--weights", help="imagenet | none | PATH to a state dict")
+    q.add_argument("--standardize", dest="standardize", action="store_const", const=True,
+                   help="standardise the features before the head (default: only for random weights)")
     q.add_argument("--seed", type=int)
     q.add_argument("--unfreeze", type=_unfreeze, metavar="K|all", help="fine-tune the top K stages of the backbone too")
     q.add_argument("--no-standardize", dest="standardize", action="store_const", const=False,
-                   help="feed raw features to the head, as the tutorial did (random backbones then fail)")
+                   help="the tutorial's bare head even on random weights (it then stays near chance)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Flags left out are absent from the namespace, so only what was typed overrides the profile.
     quiet = dict(argument_default=argparse.SUPPRESS)
 
-    q.add_argument("--standardize", dest="standardize", action="store_const", const=True,
-                   help="standardise the features before the head (default: only for random weights)")
     r = sub.add_parser("run", **quiet, help="train a head and evaluate it",
                        description="Train a head on frozen features (and fine-tune with --unfreeze), evaluate it, write a report.")
     _data_args(r)

@@ -57,6 +57,11 @@ class Config:
     source: str = _f("cifar100", "data")  # cifar100 | synthetic | folder:PATH
     train_size: int | None = _f(None, "data")  # None = the whole split; else a class-balanced subset
     test_size: int | None = _f(None, "data")
+    # Held out of the training subset, class-balanced and seeded: what every choice (learning
+    # rate, head design, epochs) is judged on, so that the test split is looked at once, at the
+    # end. None = 10% of the training subset (5,000 of CIFAR-100's 50,000); 0 = none, as the
+    # tutorial had (it judged on test). An image folder's own val/ is used when it has one.
+    val_size: int | None = _f(None, "data")
     # model: what the head is trained on, and the head itself
     backbone: str = _f("efficientnet_v2_s", "model")  # any torchvision classification model
     weights: str | None = _f("imagenet", "model")  # "imagenet", None (random) or a state-dict file
@@ -139,6 +144,8 @@ class Config:
         known = set(cls.fields())
         if d.get("amp") is False and "precision" not in d:  # written before `precision` existed
             d = {**d, "precision": "fp32"}
+        if "val_size" not in d:  # written before the validation split: it trained on every image
+            d = {**d, "val_size": 0}
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
         except (TypeError, ValueError) as e:
@@ -170,6 +177,16 @@ class Config:
         return "; ".join(f"{k}: {mine} {a!r}, {theirs} {b!r}" for k, (a, b) in diff.items())
 
     # ------------------------------------------------------------------ derived
+    def standardizes(self) -> bool:
+        """Whether the head standardises its features: ``standardize``, with "auto" meaning "only
+        for a random backbone" (``weights`` None)."""
+        return self.weights is None if self.standardize == "auto" else bool(self.standardize)
+
+    def val_count(self, n_train: int) -> int:
+        """How many of ``n_train`` training images the validation split holds out: ``val_size``,
+        or 10% of them when it is None."""
+        return round(0.1 * n_train) if self.val_size is None else self.val_size
+
     def head_phase_epochs(self) -> int:
         """Head-only epochs on cached features before fine-tuning: 0 for a frozen run, else
         ``head_epochs`` (default 1)."""
@@ -177,11 +194,6 @@ class Config:
 
     def total_epochs(self) -> int:
         """Every epoch a run trains: the head phase, then ``epochs`` (fine-tuning when ``unfreeze``)."""
-    def standardizes(self) -> bool:
-        """Whether the head standardises its features: ``standardize``, with "auto" meaning "only
-        for a random backbone" (``weights`` None)."""
-        return self.weights is None if self.standardize == "auto" else bool(self.standardize)
-
         return self.head_phase_epochs() + self.epochs
 
     # ------------------------------------------------------------------ checks
@@ -192,6 +204,10 @@ class Config:
         for name in ("train_size", "test_size", "extract_batch_size", "head_epochs"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.val_size is not None and (not _int(self.val_size) or self.val_size < 0):
+            raise ConfigError(f"val-size must be an integer >= 0 (0: no validation split), got {self.val_size!r}")
+        if self.standardize not in (True, False, "auto"):
+            raise ConfigError(f"standardize must be true, false or 'auto', got {self.standardize!r}")
         if self.image_size > MAX_IMAGE_SIZE:
             raise ConfigError(f"image-size {self.image_size} is above the {MAX_IMAGE_SIZE} px this "
                               "package accepts (CIFAR images are 32 px; EfficientNetV2-S uses 300)")
@@ -199,8 +215,6 @@ class Config:
         _positive_number("lr-decay", self.lr_decay, upper=1.0)
         if not _number(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError(f"weight-decay must be a number >= 0, got {self.weight_decay!r}")
-        if self.standardize not in (True, False, "auto"):
-            raise ConfigError(f"standardize must be true, false or 'auto', got {self.standardize!r}")
         if not _int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be an integer from 0 to 2**32-1, got {self.seed!r}")
         if not _int(self.num_workers) or self.num_workers < 0:

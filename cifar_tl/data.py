@@ -7,7 +7,7 @@ through ``transform`` when one is set, and carries, set in its own class:
 - ``classes``: the class names; ``targets``: one class index per sample;
 - ``coarse_classes``, ``coarse_targets``, ``fine_to_coarse``: superclasses, or None where the
   source has none (image folders);
-- ``split``: "train" or "test";
+- ``split``: "train", "val" or "test";
 - ``data``: the images as uint8 [N, H, W, 3] for fixed-size sources (CIFAR-100, synthetic), None
   for folders; ``paths``: the image files of a folder source, None for the others;
 - ``raw_image(i)``: sample i as stored, before any transform (a uint8 HWC array or an RGB PIL image).
@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from .errors import AssetMissingError, ConfigError, DataError, StorageError, one_line
-from .folders import ImageFolderSource, image_folder
+from .folders import ImageFolderSource, image_folder, val_folder
 from .images import BoundedResize, open_image, to_rgb  # noqa: F401  (data.open_image: notebooks use it)
 from .storage import check_writable
 from .synthetic import SyntheticCIFAR
@@ -112,10 +113,10 @@ class CIFAR100(torchvision.datasets.CIFAR100):
 class Subset(torch.utils.data.Dataset):
     """Samples ``indices`` of a source, keeping the dataset contract (the source is not changed)."""
 
-    def __init__(self, dataset, indices, transform=None):
+    def __init__(self, dataset, indices, transform=None, split: str | None = None):
         self.dataset, self.indices = dataset, [int(i) for i in indices]
         idx = np.asarray(self.indices, dtype=np.int64)
-        self.split, self.transform = dataset.split, transform
+        self.split, self.transform = split or dataset.split, transform
         self.classes, self.class_to_idx = dataset.classes, getattr(dataset, "class_to_idx", None)
         self.targets = [int(dataset.targets[i]) for i in idx]
         self.coarse_classes, self.fine_to_coarse = dataset.coarse_classes, dataset.fine_to_coarse
@@ -143,12 +144,17 @@ class Subset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------------- sources
-def balanced_indices(targets, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of a class-balanced subset of size n (as equal per class as possible), deterministic."""
+def balanced_indices(targets, n: int, seed=0, keep: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset of size n (as equal per class as possible), deterministic.
+
+    ``seed`` is an int or a sequence of ints (an independent stream per purpose). ``keep`` images
+    of every class are never chosen (a validation split leaves training one image per class).
+    """
     targets = np.asarray(targets)
     classes = np.unique(targets)
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(targets == c)) for c in classes]
+    per_class = [p[: max(len(p) - keep, 0)] for p in per_class]
     chosen, k = [], 0
     while len(chosen) < n and any(k < len(p) for p in per_class):
         chosen.extend(int(p[k]) for p in per_class if k < len(p))
@@ -268,13 +274,52 @@ def _check_split(ds, size: int | None) -> None:
                         f"use {option} {present} or more")
 
 
-def build_datasets(cfg, download: bool = True):
-    """(train, test) sources with the tutorial's transforms: flip for train, none for test."""
+class Splits(NamedTuple):
+    """The three splits of a run: ``train`` trains, ``val`` (None without one) judges every
+    choice, ``test`` is evaluated once, at the end."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset | None
+    test: torch.utils.data.Dataset
+
+
+def hold_out_val(train_ds, n: int, seed: int):
+    """(train, val): ``n`` class-balanced images of ``train_ds`` held out as the validation split,
+    seeded (its own stream of ``seed``), leaving training at least one image of every class.
+    Both are ``Subset``s of the source itself; ``n=0`` gives (train_ds, None)."""
+    if n == 0:
+        return train_ds, None
+    base, index = (train_ds.dataset, np.asarray(train_ds.indices)) if isinstance(train_ds, Subset) \
+        else (train_ds, np.arange(len(train_ds)))
+    held = balanced_indices(train_ds.targets, n, seed=[seed, 1], keep=1)
+    if len(held) < n:
+        raise DataError(f"--val-size {n} is more than the training split can spare: at most {len(held)} of its "
+                        f"{len(train_ds)} images, keeping one image of every class for training")
+    rest = np.setdiff1d(np.arange(len(train_ds)), held)
+    return Subset(base, index[rest]), Subset(base, index[held], split="val")
+
+
+def build_datasets(cfg, download: bool = True) -> Splits:
+    """The train, validation and test splits with the tutorial's transforms: flip for train, none
+    for validation and test.
+
+    Validation is an image folder's own ``val/`` when it has one (all of it, or none with
+    ``val_size=0``), else ``cfg.val_count`` images held out of the training subset
+    (``hold_out_val``). Raises DataError when a split cannot be made.
+    """
     train_ds = build_source(cfg, train=True, download=download)
     test_ds = build_source(cfg, train=False, download=download)
+    name, arg = check_source(cfg.source)
+    own = val_folder(arg, train_ds.classes) if name == "folder" and cfg.val_size != 0 else None
+    if own is not None:
+        val_ds = own
+    else:
+        train_ds, val_ds = hold_out_val(train_ds, cfg.val_count(len(train_ds)), cfg.seed)
     train_ds.transform = train_transform(cfg.image_size)
-    test_ds.transform = eval_transform(cfg.image_size)
-    return train_ds, test_ds
+    for ds in (val_ds, test_ds):
+        if ds is not None:
+            ds.transform = eval_transform(cfg.image_size)
+    return Splits(train_ds, val_ds, test_ds)
 
 
 def make_loader(dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0):

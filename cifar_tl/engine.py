@@ -137,7 +137,7 @@ def _set_epoch(loader, seed: int, epoch: int) -> None:
 def fit(
     model: nn.Module,
     train_loader,
-    test_loader=None,
+    val_loader=None,
     *,
     epochs: int = 1,
     lr: float = 1e-3,
@@ -150,8 +150,9 @@ def fit(
 ) -> list[dict]:
     """Train for ``epochs`` epochs (continuing after ``len(history)`` of them) and return the history.
 
-    Each history row has epoch, train loss/accuracy, test loss/accuracy/top5 (if test_loader)
-    and seconds. ``on_epoch_end(row, model, optimizer)`` is called after each completed epoch
+    Each history row has epoch, train loss/accuracy, validation loss/accuracy/top5 (``val_*``, if
+    ``val_loader``) and seconds. Pass the validation split, never the test split: whatever is
+    chosen by looking at these rows (epochs, rates, designs) would otherwise be tuned on test. ``on_epoch_end(row, model, optimizer)`` is called after each completed epoch
     (plots, checkpoints). On KeyboardInterrupt (a kernel interrupt, or SIGTERM via the CLI)
     the model is put back to the end of the last completed epoch and the history so far is
     returned: nothing of a finished epoch is lost. A NaN or infinite loss puts the model back the
@@ -170,9 +171,9 @@ def fit(
             tr = train_one_epoch(model, train_loader, optimizer, loss_fn, device, progress,
                                  desc=f"epoch {epoch + 1}/{epochs}")
             row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"]}
-            if test_loader is not None:
-                ev = evaluate(model, test_loader, device, progress)
-                row.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_top5=ev.top5)
+            if val_loader is not None:
+                ev = evaluate(model, val_loader, device, progress)
+                row.update(val_loss=ev.loss, val_accuracy=ev.accuracy, val_top5=ev.top5)
             row["seconds"] = time.perf_counter() - t0
         except (KeyboardInterrupt, TrainingDiverged) as e:
             trained.load_state_dict(saved[0])

@@ -157,7 +157,7 @@ def largest_batch(model: TransferModel, image_size: int, device, start: int = 8,
 
 
 # --------------------------------------------------------------------------- training
-def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: int, history=None,
+def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: int, history=None,
               optimizer=None, batch_size: int | None = None, on_epoch_end=None) -> list[dict]:
     """Train the unfrozen stages and the head for ``epochs`` epochs (continuing after
     ``len(history)`` of them) on images preprocessed on the device. Returns the history.
@@ -165,7 +165,8 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
     Call ``unfreeze`` first. AdamW (``cfg.weight_decay``) with ``param_groups``; warm-up then cosine
     decay per step over all epochs; autocast (bf16, or fp16 with a gradient scaler) and
     channels_last on CUDA. The head's standardisation follows the moving features
-    (``STANDARDIZE_MOMENTUM``). Rows: epoch, train loss/accuracy, test loss/accuracy/top5, seconds,
+    (``STANDARDIZE_MOMENTUM``). Rows: epoch, train loss/accuracy, validation loss/accuracy/top5
+    (``val_*``, when ``val_ds`` is not None), seconds,
     images_per_second, lr (the peak rate of each group this epoch). Every epoch's batches and flips
     draw from (seed, epoch) alone: a resumed run repeats an uninterrupted one.
     ``on_epoch_end(row, model, optimizer)`` as in ``engine.fit``.
@@ -177,7 +178,7 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
     bs = batch_size or largest_batch(model, cfg.image_size, device, cfg.batch_size)
     mean, std = normalization(cfg.backbone, cfg.weights)
     train = ImageBatches(train_ds, cfg.image_size, bs, device, True, cfg.seed, mean, std)
-    test = ImageBatches(test_ds, cfg.image_size, 64, device, False, mean=mean, std=std)
+    val = None if val_ds is None else ImageBatches(val_ds, cfg.image_size, 64, device, False, mean=mean, std=std)
     optimizer = optimizer or make_optimizer(model, cfg.lr, cfg.lr_decay, cfg.weight_decay)
     schedule = make_schedule(epochs * len(train))
     dtype = train_dtype(cfg.precision, device)
@@ -207,11 +208,13 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
             scaler.update()
             total, correct, n = total + loss.item() * len(y), correct + (out.argmax(1) == y).sum().item(), n + len(y)
         seconds = time.perf_counter() - t0
-        ev = evaluate(model, test, device, dtype)
         row = {"epoch": epoch + 1, "phase": "fine-tune", "train_loss": total / max(n, 1),
-               "train_accuracy": correct / max(n, 1), "test_loss": ev.loss, "test_accuracy": ev.accuracy,
-               "test_top5": ev.top5, "train_seconds": seconds, "images_per_second": n / max(seconds, 1e-9),
-               "seconds": time.perf_counter() - t0, "batch_size": bs, "lr": peak}
+               "train_accuracy": correct / max(n, 1)}
+        if val is not None:
+            ev = evaluate(model, val, device, dtype)
+            row.update(val_loss=ev.loss, val_accuracy=ev.accuracy, val_top5=ev.top5)
+        row.update(train_seconds=seconds, images_per_second=n / max(seconds, 1e-9),
+                   seconds=time.perf_counter() - t0, batch_size=bs, lr=peak)
         history.append(row)
         if on_epoch_end is not None:
             on_epoch_end(row, model, optimizer)

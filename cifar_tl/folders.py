@@ -1,8 +1,8 @@
 """The image-folder source: finding photos in folders, the split layout, classes matched by name.
 
-Layouts: ``PATH/train/<class>/...`` with ``PATH/test/<class>/...`` (or ``val/``), or class folders
-alone (``PATH/<class>/...`` or ``PATH/train/<class>/...``), from which a seeded, class-stratified
-part is held out for testing. Images may sit in subfolders of a class folder. Hidden names and OS
+Layouts: ``PATH/train/<class>/...`` with ``PATH/test/<class>/...``, or class folders alone
+(``PATH/<class>/...`` or ``PATH/train/<class>/...``), from which a seeded, class-stratified part is
+held out for testing. A ``PATH/val/<class>/...`` beside ``train/`` is the validation split. Images may sit in subfolders of a class folder. Hidden names and OS
 debris are ignored, symlinks are followed once. Test classes are matched to training classes by
 name, so both splits use one class index.
 """
@@ -21,7 +21,8 @@ from .errors import AssetMissingError, ConfigError, DataError
 from .images import IMAGE_SUFFIXES, open_image
 
 log = logging.getLogger(__name__)
-HELD_OUT = ("test", "val")  # accepted names of the held-out split, in order of preference
+HELD_OUT = ("test",)  # the name of the held-out (test) split
+VAL = "val"  # the name of the validation split
 
 # Files and folders that operating systems, archivers and tools leave beside photos. Names
 # starting with a dot (.DS_Store, .ipynb_checkpoints, .git, ._photo.jpg) are ignored as well.
@@ -138,7 +139,7 @@ def image_folder(path: str | Path, train: bool, seed: int = 0, test_fraction: fl
     classes = sorted(found)
     if test_dir is None:
         if not train:
-            log.info("%s has no test/ or val/ folder: holding out %.0f%% of each class's images for "
+            log.info("%s has no test/ folder: holding out %.0f%% of each class's images for "
                      "testing (seeded, the same every run)", root, 100 * test_fraction)
         items = _hold_out(found, classes, seed, test_fraction, train)
     else:
@@ -147,21 +148,34 @@ def image_folder(path: str | Path, train: bool, seed: int = 0, test_fraction: fl
     return ImageFolderSource(root, "train" if train else "test", classes, paths, targets)
 
 
+def val_folder(path: str | Path, classes: list[str]) -> ImageFolderSource | None:
+    """The validation split of a folder source: its ``val/`` beside ``train/``, classes matched by
+    name to the training ``classes``; None when there is no ``val/``."""
+    root = Path(path).expanduser()
+    val_dir = next((p for p in subfolders(root) if p.name == VAL), None) if root.is_dir() else None
+    if val_dir is None or not (root / "train").is_dir():
+        return None
+    avoid = frozenset(os.path.realpath(p) for top in (root, val_dir) for p in [top, *subfolders(top)])
+    found = {c: [] for c in classes}
+    items = _match(found, classes, val_dir, False, avoid)
+    paths, targets = (list(x) for x in zip(*items)) if items else ([], [])
+    return ImageFolderSource(root, "val", classes, paths, targets)
+
+
 def _layout(root: Path, announce: bool) -> tuple[Path, Path | None]:
     """(training folder, held-out folder or None)."""
     dirs = {p.name: p for p in subfolders(root)}
     held = next((dirs[n] for n in HELD_OUT if n in dirs), None)
     if "train" not in dirs:
-        if held is not None:
+        if held is not None or VAL in dirs:
+            held = held or dirs[VAL]
             raise DataError(f"{root} has {held.name}/ but no train/: put the training images in "
                             f"{root / 'train'}/<class>/")
         return root, None
-    others = sorted(set(dirs) - {"train", *HELD_OUT})
+    others = sorted(set(dirs) - {"train", VAL, *HELD_OUT})
     if announce and others:
         log.info("%s: using train/ and %s; not used: %s", root, f"{held.name}/" if held else "no held-out folder",
                  ", ".join(f"{n}/" for n in others[:5]))
-    if announce and held is not None and held.name != "val" and "val" in dirs:
-        log.info("%s: test/ is the held-out split; val/ is not used", root)
     return dirs["train"], held
 
 

@@ -114,10 +114,12 @@ def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes
 
 # --------------------------------------------------------------------------- the steps
 def load_data(r: runs.Run) -> None:
-    """The training and test splits, with the tutorial's transforms."""
-    r.train_ds, r.test_ds = data.build_datasets(r.cfg)
+    """The training, validation and test splits, with the tutorial's transforms."""
+    r.train_ds, r.val_ds, r.test_ds = data.build_datasets(r.cfg)
     if len(r.train_ds) == 0 or len(r.test_ds) == 0:
         raise DataError(f"{r.cfg.source}: the {'training' if len(r.train_ds) == 0 else 'test'} split is empty")
+    val = f"{len(r.val_ds)} validation" if r.val_ds is not None else "no validation (--val-size 0)"
+    log.info("splits: %d training, %s, %d test images", len(r.train_ds), val, len(r.test_ds))
 
 
 def build_model(r: runs.Run) -> None:
@@ -128,23 +130,31 @@ def build_model(r: runs.Run) -> None:
     r.model = TransferModel(backbone, head).to(r.device)
 
 
-def make_loaders(r: runs.Run) -> None:
-    """Cached features (the fast path) or the tutorial's image loaders, and what trains on them."""
+def make_loaders(r: runs.Run, judged: tuple[str, ...] = ("val", "test")) -> None:
+    """Cached features (the fast path) or the tutorial's image loaders, and what trains on them;
+    loaders of the ``judged`` splits too (lr-find needs none: it never looks at them)."""
     cfg, model = r.cfg, r.model
     if cfg.cache:
         # Only the views that the run's epochs sample are extracted (one per image for one
         # epoch); a longer or resumed run extracts the others when it first samples them.
         r.store = features.FeatureStore(cfg, r.train_ds, model.backbone, r.device, features.VIEWS_TRAIN)
         epochs = cfg.head_phase_epochs() or cfg.epochs  # of the head on these features
-        r.store.ensure(features.plan_views(len(r.store.targets), cfg.seed, epochs))
+        planned = features.plan_views(len(r.store.targets), cfg.seed, epochs)
+        r.store.ensure(planned)
         r.backbone_run = {"engine": r.store.engine, "precision": r.store.precision, "backbone_reason": r.store.reason}
         log.info("backbone: %s", r.store.reason)
-        te_f, te_y, r.cache_info["test"] = features.cached_features(
-            cfg, r.test_ds, model.backbone, r.device, features.VIEWS_TEST)
-        r.stats_source = r.store.features[r.store.present]
+        # The head's statistics come from the views this run's own epochs sample, never from
+        # whatever other views an earlier run left in the cache: a result depends on its settings only.
+        r.stats_source = r.store.features[planned]
         r.train_loader = FeatureLoader(r.store.features, r.store.targets, cfg.batch_size, train=True,
                                        seed=cfg.seed, device=r.device, store=r.store)
-        r.test_loader = FeatureLoader(te_f, te_y, max(cfg.batch_size, 256), train=False, device=r.device)
+        for split, ds in (("val", r.val_ds), ("test", r.test_ds)):
+            if ds is None or split not in judged:
+                continue
+            f, y, r.cache_info[split] = features.cached_features(cfg, ds, model.backbone, r.device,
+                                                                 features.VIEWS_TEST)
+            loader = FeatureLoader(f, y, max(cfg.batch_size, 256), train=False, device=r.device)
+            setattr(r, f"{split}_loader", loader)
         r.trainee = model.head
     else:
         runner = engines.make_runner(model.backbone, r.device, cfg.image_size, cfg.engine, cfg.precision,
@@ -158,7 +168,10 @@ def make_loaders(r: runs.Run) -> None:
                                               progress=cfg.progress, runner=runner)
         r.train_loader = _EpochSeeded(
             data.make_loader(r.train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers), cfg.seed)
-        r.test_loader = data.make_loader(r.test_ds, max(cfg.batch_size, 64), False, num_workers=cfg.num_workers)
+        for split, ds in (("val", r.val_ds), ("test", r.test_ds)):
+            if ds is not None and split in judged:
+                setattr(r, f"{split}_loader", data.make_loader(ds, max(cfg.batch_size, 64), False,
+                                                               num_workers=cfg.num_workers))
         r.trainee = model
 
 
@@ -204,6 +217,7 @@ def train(r: runs.Run, epochs: int) -> None:
             r.record("head.pt")
             r.write("history.json", rows, "json")
             r.history.append(row)
+        _say_epoch(row, len(r.history), r.cfg.total_epochs())
 
     # The tiny head trains faster on one CPU thread (engine.head_threads); the tutorial path
     # runs the backbone every step and keeps all threads.
@@ -212,7 +226,7 @@ def train(r: runs.Run, epochs: int) -> None:
     if len(head_rows) >= epochs:
         return
     with threads:
-        engine.fit(r.trainee, r.train_loader, r.test_loader, epochs=epochs, device=r.device,
+        engine.fit(r.trainee, r.train_loader, r.val_loader, epochs=epochs, device=r.device,
                    optimizer=r.optimizer, history=head_rows, seed=r.cfg.seed,
                    progress=r.cfg.progress, on_epoch_end=on_epoch_end)
     if len(r.history) < epochs:  # fit stopped at an interrupt and kept the completed epochs
@@ -244,10 +258,18 @@ def fine_tune(r: runs.Run) -> None:
             r.record("model.pt")
             r.write("history.json", rows, "json")
             r.history.append(row)
+        _say_epoch(row, len(r.history), cfg.total_epochs())
 
     done = [row for row in r.history if row.get("phase") == "fine-tune"]
-    finetune.fine_tune(model, r.train_ds, r.test_ds, cfg, r.device, epochs=cfg.epochs, history=done,
+    finetune.fine_tune(model, r.train_ds, r.val_ds, cfg, r.device, epochs=cfg.epochs, history=done,
                        optimizer=r.optimizer, batch_size=None, on_epoch_end=on_epoch_end)
+
+
+def _say_epoch(row: dict, done: int, total: int) -> None:
+    """One line per epoch: training loss and accuracy, and the validation accuracy (never test)."""
+    val = f"; validation accuracy {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+    log.info("epoch %d/%d: train loss %.4f, accuracy %.4f%s", done, total, row["train_loss"],
+             row["train_accuracy"], val)
 
 
 def _training_facts(r: runs.Run) -> dict:
@@ -267,7 +289,12 @@ def report(r: runs.Run, ev) -> dict:
     cfg = r.cfg
     if r.store is not None:  # read now: views extracted on demand during training count too
         r.cache_info["train"] = r.store.info
+    last = r.history[-1] if r.history else {}
     metrics = {
+        "val_accuracy": last.get("val_accuracy"),
+        "val_top5": last.get("val_top5"),
+        "val_loss": last.get("val_loss"),
+        "n_val": len(r.val_ds) if r.val_ds is not None else 0,
         "test_accuracy": ev.accuracy,
         "test_top5": ev.top5,
         "test_loss": ev.loss,
@@ -296,7 +323,7 @@ def report(r: runs.Run, ev) -> dict:
     except Exception as e:  # the plots are a convenience: the results are already on disk
         log.warning("note: could not draw the plots (%s: %s)", e.__class__.__name__, one_line(e, 100))
     top5 = f" (top-5 {ev.top5:.4f})" if ev.top5 is not None else ""
-    log.info("test accuracy %.4f%s on %d test images; %.1f s; wrote %s",
+    log.info("test accuracy %.4f%s on %d test images (evaluated once, after training); %.1f s; wrote %s",
              ev.accuracy, top5, ev.n, r.seconds["total"], r.out)
     return metrics
 
@@ -328,7 +355,7 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
     storage.check_writable(r.out)
     load_data(r)
     build_model(r)
-    make_loaders(r)
+    make_loaders(r, judged=())
     if r.model.head.standardizer is not None:
         r.model.head.standardizer.fit_stats(r.stats_source)
     if cfg.unfreeze:

@@ -21,18 +21,18 @@ def _axes(ax, figsize=(5, 4)):
 
 
 def plot_history(history: list[dict], ax=None):
-    """Loss and accuracy per epoch, train and (when present) test. Returns the axes (loss)."""
+    """Loss and accuracy per epoch, train and (when present) validation. Returns the axes (loss)."""
     ax = _axes(ax, (6, 3.5))
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
-    if history and "test_loss" in history[0]:
-        ax.plot(epochs, [r["test_loss"] for r in history], "s-", label="test loss")
+    if history and "val_loss" in history[0]:
+        ax.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
     acc = ax.twinx()
     acc.plot(epochs, [r["train_accuracy"] for r in history], "o--", color="tab:green", label="train acc")
-    if history and "test_accuracy" in history[0]:
-        acc.plot(epochs, [r["test_accuracy"] for r in history], "s--", color="tab:red", label="test acc")
+    if history and "val_accuracy" in history[0]:
+        acc.plot(epochs, [r["val_accuracy"] for r in history], "s--", color="tab:red", label="validation acc")
     acc.set_ylabel("accuracy")
     acc.set_ylim(0, 1)
     lines = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]

@@ -38,11 +38,13 @@ class Run:
     doing: str = "loading the data"  # for the interrupt and out-of-memory messages
     written: set = field(default_factory=set)
     train_ds: object = None
+    val_ds: object = None  # None with --val-size 0
     test_ds: object = None
     model: torch.nn.Module | None = None
     fingerprint: str | None = None
     trainee: torch.nn.Module | None = None
     train_loader: object = None
+    val_loader: object = None
     test_loader: object = None
     stats_source: torch.Tensor | None = None
     optimizer: torch.optim.Optimizer | None = None

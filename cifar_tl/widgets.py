@@ -249,7 +249,8 @@ def train_head(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 1e-
                standardize: bool = False, on_epoch_end=None):
     """Train a fresh MLP head on cached features in seconds. Returns (head, history).
 
-    ``train`` and ``val`` are (features [N,V,D], targets [N]) from ``features.cached_features``.
+    ``train`` and ``val`` are (features [N,V,D], targets [N]) from ``features.cached_features``:
+    the history's ``val_accuracy`` is what a choice of head is judged on (never the test split).
     ``standardize``: put a ``Standardize`` layer first (``Config.standardizes()``: a random backbone).
     """
     (tr_f, tr_y), (va_f, va_y) = train, val
@@ -268,7 +269,7 @@ def train_head(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 1e-
 def _explorer_title(hidden, depth, lr, history) -> str:
     last = history[-1] if history else {}
     return (f"head {'-'.join(['D'] + [str(hidden)] * depth + ['C'])}, lr {lr:g}: "
-            f"test accuracy {last.get('test_accuracy', float('nan')):.1%}")
+            f"validation accuracy {last.get('val_accuracy', float('nan')):.1%}")
 
 
 def head_explorer(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 1e-3, epochs: int = 10,

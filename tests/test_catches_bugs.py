@@ -47,7 +47,7 @@ def test_head_standardisation_uses_the_training_features_not_the_test_features(t
     got_mean, got_std = head.standardizer.mean.double(), head.standardizer.std.double()
 
     # The training features, computed here: the same backbone, the views the one epoch sampled.
-    train_ds, test_ds = data.build_datasets(cfg)
+    train_ds, _, test_ds = data.build_datasets(cfg)
     backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed)
     tr_f, _, _ = features.cached_features(cfg, train_ds, backbone, "cpu", features.VIEWS_TRAIN, use_cache=False)
     if cache:  # the fast path: the one view per image that its one epoch samples

@@ -50,7 +50,7 @@ def test_fit_history_and_continuation():
     head = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     hist = engine.fit(head, loader, loader, epochs=2, progress=False)
     assert [r["epoch"] for r in hist] == [1, 2]
-    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5", "seconds"} <= set(hist[0])
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "seconds"} <= set(hist[0])
     hist = engine.fit(head, loader, None, epochs=3, history=hist, progress=False)
     assert [r["epoch"] for r in hist] == [1, 2, 3]
 

@@ -17,7 +17,7 @@ from cifar_tl.models import TransferModel
 def setup(tiny_cfg, one_thread):
     """resnet18 (random, stages conv1+bn1, layer1..layer4) at 32 px on 200 synthetic images."""
     cfg = tiny_cfg.replace(lr_decay=0.5, weight_decay=0.01, batch_size=32)
-    train_ds, test_ds = data.build_datasets(cfg)
+    train_ds, _, test_ds = data.build_datasets(cfg)
     torch.manual_seed(0)
     model = TransferModel.from_config(cfg, num_classes=len(train_ds.classes))
     return cfg, model, train_ds, test_ds

@@ -79,13 +79,15 @@ def test_a_test_class_missing_from_training_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- layouts
-def test_val_is_accepted_as_the_held_out_split(tmp_path):
-    root = photos(tmp_path / "p", {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 2})
+def test_val_is_not_the_test_split(tmp_path):
+    """val/ is the validation split (data.build_datasets); the test split is test/, else held out of train/."""
+    root = photos(tmp_path / "p", {"train/a": 5, "train/b": 5, "val/a": 1, "val/b": 2})
     test = split(root, False)
-    assert len(test) == 3 and all(Path(p).parts[-3] == "val" for p in test.paths)
-    assert len(split(root, True)) == 6
-    photos(root, {"test/a": 1})  # both: test/ wins
+    assert len(test) == 2 and all(Path(p).parts[-3] == "train" for p in test.paths)
+    assert len(split(root, True)) == 8
+    photos(root, {"test/a": 1})
     assert all(Path(p).parts[-3] == "test" for p in split(root, False).paths)
+    assert len(split(root, True)) == 10
 
 
 @pytest.mark.parametrize("layout", ["flat", "train only"])
@@ -106,7 +108,7 @@ def test_the_held_out_split_is_announced(tmp_path):
     proc = run(tmp_path, f"folder:{root}")
     assert proc.returncode == 0, proc.stderr
     said = proc.stdout + proc.stderr
-    assert "has no test/ or val/ folder: holding out 20% of each class's images" in said
+    assert "has no test/ folder: holding out 20% of each class's images" in said
     assert said.count("holding out") == 1  # said once, not once per split
 
 

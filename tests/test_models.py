@@ -50,7 +50,7 @@ def test_backbone_state_is_bit_identical_after_training(tiny_cfg):
     model = TransferModel.from_config(tiny_cfg, num_classes=100)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     assert any("running_mean" in k for k in before), "the test needs BatchNorm buffers"
-    train_ds, _ = data.build_datasets(tiny_cfg)
+    train_ds = data.build_datasets(tiny_cfg).train
     loader = data.make_loader(train_ds, 16, train=True)
     opt = engine.make_optimizer(model)
     model.train()  # the call that would update BatchNorm statistics

@@ -183,4 +183,4 @@ def test_both_paths_give_history_rows_of_the_same_shape(tmp_path):
         pipeline.run(cfg, tmp_path / f"run-{cache}")
         [row] = _strict(tmp_path / f"run-{cache}" / "history.json")
         keys.append(set(row))
-    assert keys[0] == keys[1] and {"test_accuracy", "train_loss", "seconds"} <= keys[0]
+    assert keys[0] == keys[1] and {"val_accuracy", "train_loss", "seconds"} <= keys[0]

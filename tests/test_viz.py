@@ -246,8 +246,8 @@ def test_pixel_histogram_names_its_channels_with_whole_counts():
 
 
 def test_history_legend_sits_below_the_curves():
-    rows = [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.1 * e, "test_loss": 1.2 / e,
-             "test_accuracy": 0.08 * e} for e in range(1, 6)]
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.1 * e, "val_loss": 1.2 / e,
+             "val_accuracy": 0.08 * e} for e in range(1, 6)]
     ax = viz.plot_history(rows)
     ax.figure.canvas.draw()
     legend = ax.get_legend().get_window_extent()
