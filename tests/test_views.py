@@ -130,3 +130,17 @@ def test_the_training_loader_draws_the_batches_it_drew_before_views_were_planned
         order, views = torch.randperm(n, generator=g), torch.randint(N_VIEWS, (n,), generator=g)
         expected = [(f[i, views[i]], y[i]) for i in order[: n - n % bs].split(bs)]
         _assert_same_batches(_batches(loader, epoch), expected)
+
+
+def test_a_result_does_not_depend_on_what_earlier_runs_left_in_the_cache(tiny_cfg, tmp_path, one_thread):
+    """A 3-epoch run fills in every view; a 2-epoch run after it must give the head of a 2-epoch run
+    on a cold cache (the standardisation was once fitted on whatever views the cache held)."""
+    from cifar_tl import pipeline
+
+    warm = tiny_cfg.replace(data_root=str(tmp_path / "warm"))
+    pipeline.run(warm.replace(epochs=3), tmp_path / "three")
+    pipeline.run(warm.replace(epochs=2), tmp_path / "two-warm")
+    pipeline.run(tiny_cfg.replace(epochs=2, data_root=str(tmp_path / "cold")), tmp_path / "two-cold")
+    heads = [torch.load(tmp_path / name / "head.pt", weights_only=True)["state_dict"] for name in ("two-warm", "two-cold")]
+    assert heads[0].keys() == heads[1].keys()
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
