@@ -283,16 +283,21 @@ class Splits(NamedTuple):
     test: torch.utils.data.Dataset
 
 
-def hold_out_val(train_ds, n: int, seed: int):
+def hold_out_val(train_ds, n: int, seed: int, strict: bool = True):
     """(train, val): ``n`` class-balanced images of ``train_ds`` held out as the validation split,
     seeded (its own stream of ``seed``), leaving training at least one image of every class.
-    Both are ``Subset``s of the source itself; ``n=0`` gives (train_ds, None)."""
+    Both are ``Subset``s of the source itself; ``n=0`` gives (train_ds, None). When fewer than
+    ``n`` can be spared: DataError if ``strict`` (``--val-size`` asked for them), else as many
+    as can be, and none with a notice."""
     if n == 0:
         return train_ds, None
     base, index = (train_ds.dataset, np.asarray(train_ds.indices)) if isinstance(train_ds, Subset) \
         else (train_ds, np.arange(len(train_ds)))
     held = balanced_indices(train_ds.targets, n, seed=[seed, 1], keep=1)
-    if len(held) < n:
+    if len(held) == 0 and not strict:
+        log.info("no validation split: every class has only one training image (use a larger --train-size)")
+        return train_ds, None
+    if len(held) < n and strict:
         raise DataError(f"--val-size {n} is more than the training split can spare: at most {len(held)} of its "
                         f"{len(train_ds)} images, keeping one image of every class for training")
     rest = np.setdiff1d(np.arange(len(train_ds)), held)
@@ -314,7 +319,8 @@ def build_datasets(cfg, download: bool = True) -> Splits:
     if own is not None:
         val_ds = own
     else:
-        train_ds, val_ds = hold_out_val(train_ds, cfg.val_count(len(train_ds)), cfg.seed)
+        train_ds, val_ds = hold_out_val(train_ds, cfg.val_count(len(train_ds)), cfg.seed,
+                                        strict=cfg.val_size is not None)
     train_ds.transform = train_transform(cfg.image_size)
     for ds in (val_ds, test_ds):
         if ds is not None:
