@@ -84,7 +84,7 @@ def test_a_resumed_fine_tuning_run_ends_bit_identical(runs_made):
     for k, v in a["head"]["state_dict"].items():
         assert torch.equal(v, b["head"]["state_dict"][k]), k
     ha, hb = (json.loads((runs_made[n] / "history.json").read_text()) for n in ("ft", "resumed"))
-    assert [r["test_accuracy"] for r in ha] == [r["test_accuracy"] for r in hb]
+    assert [r["val_accuracy"] for r in ha] == [r["val_accuracy"] for r in hb]
 
 
 def test_predict_uses_the_fine_tuned_model(runs_made, tmp_path, capsys):

@@ -166,7 +166,7 @@ def test_silently_changed_weights_are_caught_by_the_checksum(tmp_path):
     """torch's zip reader skips CRCs: a flipped bit in a copied file would load as wrong weights."""
     path = _tiny_head_file(tmp_path / "head.pt")
     blob = torch.load(path, weights_only=True)
-    blob["state_dict"]["1.weight"][0, 0] += 1e-3
+    blob["state_dict"]["0.weight"][0, 0] += 1e-3
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="do not match their checksum"):
         checkpoint.load_head(path)
@@ -295,7 +295,7 @@ def test_two_runs_writing_the_same_cache_at_once(tmp_path):
     metrics = [json.loads((tmp_path / f"r{i}" / "metrics.json").read_text()) for i in range(2)]
     assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
     files = _cache_files(tmp_path / "data")
-    assert len(files) == 2 and not list((tmp_path / "data" / "features").glob(".*"))
+    assert len(files) == 3 and not list((tmp_path / "data" / "features").glob(".*"))  # train, val, test
     for f in files:
         blob = torch.load(f, weights_only=True)
         assert blob["features"].shape[0] in (300, 100)
@@ -327,10 +327,11 @@ def test_a_data_root_that_cannot_be_written(tmp_path, capsys):
     assert "CIFAR_TL_DATA" in line and "python -m cifar_tl download" in line and "--profile smoke" in line
     code, err = _cli(capsys, "download", "--root", root)
     assert code == 1 and "cannot be written" in _one_line(err)
-    # smoke needs no dataset: it runs, and says once per split that it could not cache the features.
+    # smoke needs no dataset: it runs, and says once per split (train, val, test) that it could not
+    # cache the features.
     metrics = pipeline.run(_cfg(tmp_path, data_root=str(root), epochs=1), tmp_path / "smoke")
     notices = [line for line in capsys.readouterr().out.splitlines() if "feature cache" in line]
-    assert metrics["n_test"] == 100 and len(notices) == 2 and "CIFAR_TL_DATA" in notices[0]
+    assert metrics["n_test"] == 100 and len(notices) == 3 and "CIFAR_TL_DATA" in notices[0]
 
 
 # --------------------------------------------------------------------------- reproducibility

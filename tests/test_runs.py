@@ -178,7 +178,7 @@ def test_a_full_disk_for_the_cache_only_costs_time(tmp_path, capsys, monkeypatch
 def test_both_paths_give_history_rows_of_the_same_shape(tmp_path):
     keys = []
     for cache in (True, False):
-        cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=100, test_size=100,
+        cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=200, test_size=100,
                                  epochs=1, cache=cache, progress=False, data_root=str(tmp_path / "data"))
         pipeline.run(cfg, tmp_path / f"run-{cache}")
         [row] = _strict(tmp_path / f"run-{cache}" / "history.json")

@@ -148,9 +148,9 @@ def test_head_explorer_static_trains_once_and_interactive_trains_on_click():
     y = torch.arange(64) % 4
     feats = torch.randn(64, 2, 16) + 3 * torch.nn.functional.one_hot(y, 16).float()[:, None]
     fig = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=1, epochs=3, interactive=False)
-    assert isinstance(fig, Figure) and "test accuracy" in fig.axes[0].get_title()
+    assert isinstance(fig, Figure) and "validation accuracy" in fig.axes[0].get_title()
     head, history = widgets.train_head((feats, y), (feats, y), hidden=16, depth=1, epochs=5, lr=1e-2, batch_size=8)
-    assert len(history) == 5 and history[-1]["test_accuracy"] > 0.9
+    assert len(history) == 5 and history[-1]["val_accuracy"] > 0.9
     box = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=0, epochs=2, interactive=True)
     box.children[2].click()
     assert not box.children[2].disabled
