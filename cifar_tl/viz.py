@@ -22,7 +22,8 @@ def smoke_note(cfg):
     In a notebook, make it a cell's last expression: it shows as a highlighted box (Markdown).
     """
     what = [w for w, on in (("synthetic images", cfg.source == "synthetic"),
-                            ("a randomly initialised backbone", cfg.weights is None)) if on]
+                            ("a randomly initialised backbone", cfg.weights is None),
+                            ("a backbone pretrained on generated images", cfg.weights == "synthetic")) if on]
     if not what:
         return None
     from IPython.display import Markdown
@@ -30,7 +31,8 @@ def smoke_note(cfg):
     return Markdown(f"> ⚠️ **Profile `{cfg.profile}`: {' and '.join(what)}.** The numbers in this notebook "
                     "show that the code runs and learns; they say nothing about CIFAR-100 or about what "
                     "ImageNet features achieve. For real figures, set `profile = \"cpu\"` or `\"full\"` "
-                    "in the parameters cell (the README's results table lists measured runs).")
+                    "in the parameters cell. No CIFAR-100 accuracy has been measured for this project yet; "
+                    "the README's Results table lists what has been (smoke runs, speeds).")
 
 
 
