@@ -55,8 +55,14 @@ def test_pixel_histogram_does_not_unnormalise():
 
 
 def test_feature_maps_shows_n_channels_of_a_batched_map():
-    fig = viz.show_feature_maps(torch.randn(1, 10, 5, 5), n=4)
-    assert len(fig.axes) == 4 and "10 channels of 5x5" in fig._suptitle.get_text()
+    fmap = torch.randn(1, 10, 5, 5)
+    fmap[0, 1] *= 100  # one loud channel: the others must look quiet beside it, not stretched to its range
+    fig = viz.show_feature_maps(fmap, n=4)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 4 and "10 channels of 5x5" in fig._suptitle.get_text()
+    assert len({im.get_clim() for im in images}) == 1, "one shared colour scale"
+    assert images[0].get_clim() == (float(fmap[0, :4].min()), float(fmap[0, :4].max()))
+    assert any("activation" in ax.get_ylabel() for ax in fig.axes), "a labelled colour bar"
 
 
 def test_embedding_colours_each_label_and_names_it():
@@ -156,6 +162,38 @@ def test_head_explorer_static_trains_once_and_interactive_trains_on_click():
     assert not box.children[2].disabled
 
 
+def test_head_explorer_marks_its_curve_stale_when_a_control_changes(monkeypatch):
+    titles = []
+    monkeypatch.setattr(widgets, "_show_in", lambda out, fig: titles.append(fig.axes[0].get_title()))
+    y = torch.arange(32) % 4
+    feats = torch.randn(32, 2, 8)
+    box = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=1, epochs=2, interactive=True)
+    (w_hidden, _), (w_lr, _) = box.children[0].children, box.children[1].children
+    w_hidden.value = 32  # no curve yet: nothing to mark
+    assert titles == []
+    box.children[2].click()
+    assert len(titles) == 2 and titles[-1].startswith("head D-32-C")
+    w_lr.value = 1e-2
+    assert titles[-1].startswith("stale") and "D-32-C, lr 0.001" in titles[-1]  # the old setup, said to be old
+    w_hidden.value = 64
+    assert len(titles) == 3  # marked once
+
+
+def test_train_head_on_a_store_extracts_the_views_its_epochs_sample(tiny_cfg):
+    from cifar_tl import data, features
+
+    train_ds = data.build_datasets(tiny_cfg).train
+    backbone = models.build_backbone("resnet18", None, seed=0)
+    store = features.FeatureStore(tiny_cfg, train_ds, backbone, "cpu", features.VIEWS_TRAIN, use_cache=False)
+    store.ensure(features.plan_views(len(train_ds), tiny_cfg.seed, 1))  # one epoch's views: half of them
+    before = int(store.present.sum())
+    assert before < store.present.numel()
+    val = (store.features[:8].nan_to_num(), store.targets[:8])
+    _, history = widgets.train_head(store, val, hidden=16, depth=1, epochs=3, batch_size=32,
+                                    seed=tiny_cfg.seed, num_classes=100, standardize=True)
+    assert store.present.sum() > before and all(np.isfinite(r["train_loss"]) for r in history)
+
+
 @pytest.mark.parametrize("argv, batch", [
     (["/v/bin/python", "-m", "pytest", "--nbval-lax", "notebooks"], True),
     (["/v/bin/python", "/v/bin/papermill", "in.ipynb", "out.ipynb"], True),
@@ -233,8 +271,11 @@ def test_without_a_cjk_font_one_notice_instead_of_a_warning_per_glyph(monkeypatc
 def test_smoke_note_only_for_synthetic_data_or_a_random_backbone():
     from cifar_tl import Config
 
-    note = viz.smoke_note(Config.for_profile("smoke"))
-    assert "synthetic images" in note.data and "random" in note.data and "CIFAR-100" in note.data
+    smoke = Config.for_profile("smoke")
+    note = viz.smoke_note(smoke)
+    assert "synthetic images" in note.data and "CIFAR-100" in note.data
+    assert ("random" in note.data) == (smoke.weights is None) and ("pretrained" in note.data) == (smoke.weights == "synthetic")
+    assert "Results table" in note.data  # it points to what exists
     assert viz.smoke_note(Config.for_profile("cpu")) is None
 
 
@@ -265,3 +306,31 @@ def test_timings_stack_the_parts_of_one_path():
     assert len(bars) == 3 and {t.get_text() for t in ax.texts} == {" 10.0 s", " 4.0 s"}
     extract, head = bars[1], bars[2]
     assert extract.get_y() == head.get_y() and head.get_x() == extract.get_width()  # one bar, stacked
+
+
+def test_upload_in_colab_uses_colabs_own_upload(ds, tiny_model, monkeypatch, capsys):
+    """Colab drops FileUpload files of about 1 MB (ipywidgets #3452): there the chart comes from
+    google.colab.files.upload, faked here as the install cell's test fakes Colab."""
+    import sys
+    import types
+
+    answers = [{"my cat.png": _png(ds.data[0])}, {}, {"notes.txt": b"not an image"}]
+    colab = types.ModuleType("google.colab")
+    colab.files = types.SimpleNamespace(upload=lambda: answers.pop(0))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert widgets.in_colab()
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1])
+    assert isinstance(fig, Figure) and "my cat.png" in fig.axes[0].get_title()
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1])  # Cancel: the example
+    assert isinstance(fig, Figure) and "example" in fig.axes[0].get_title()
+    assert widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1]) is None
+    assert "cannot use this file: notes.txt" in capsys.readouterr().out
+    static = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1], interactive=False)
+    assert "static" in static.axes[0].get_title() and answers == []  # no upload asked for
+
+
+def test_uploaded_photo_is_shown_as_the_centre_crop_the_model_sees(ds, tiny_model):
+    wide = Image.fromarray(ds.data[0]).resize((96, 32))
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=wide, interactive=False)
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.shape[:2] == (32, 32) and "centre crop" in fig.axes[0].get_title()
