@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -31,6 +32,8 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # bf16 must beat fp32 by this factor in the probe to be chosen: native bf16 measured 2-4x here,
 # emulated bf16 (AVX-512 without the bf16 instructions, AVX2) is slower than fp32.
 BF16_MIN_SPEEDUP = 1.2
+# A kept probe result outside this range is damage (measured 0.7-4x on the machines here).
+SPEEDUP_RANGE = (0.01, 100.0)
 PROBE_FILE = "precision-probe.json"
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -120,11 +123,20 @@ def cpu_bf16_probe(data_root: str | Path | None = None) -> dict:
     key = _probe_key()
     try:
         known = json.loads(path.read_text())
-        if isinstance(known, dict) and isinstance(known.get(key), dict):
-            return known[key]
-    except (OSError, ValueError):
+    except FileNotFoundError:
         known = {}
+    except (OSError, ValueError) as e:
+        known = None
+        log.warning("precision probe %s is unreadable (%s); measuring again", path, e.__class__.__name__)
+    if isinstance(known, dict) and key in known:
+        if _valid_probe(known[key]):
+            return known[key]
+        log.warning("precision probe %s is damaged (%s); measuring again", path, one_line(repr(known[key]), 60))
+    elif known is not None and not isinstance(known, dict):
+        log.warning("precision probe %s is damaged (not a JSON object); measuring again", path)
     result = {"native": True, "speedup": round(measure_bf16_speedup(), 3)}
+    if not _valid_probe(result):  # cannot happen with a working clock; then fp32, not kept
+        return {"native": True, "speedup": 0.0}
     if result["speedup"] < BF16_MIN_SPEEDUP and _busy():
         return result  # maybe only the other jobs: not kept, so the next run measures again
     try:
@@ -134,6 +146,15 @@ def cpu_bf16_probe(data_root: str | Path | None = None) -> dict:
     except Exception as e:  # noqa: BLE001  an unwritable root only costs a re-measurement
         log.debug("precision probe not saved in %s: %s", path, e)
     return result
+
+
+def _valid_probe(entry) -> bool:
+    """Whether a kept probe result is one ``cpu_bf16_probe`` could have written."""
+    if not isinstance(entry, dict) or entry.get("native") is not True:
+        return False
+    s = entry.get("speedup")
+    return (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+            and SPEEDUP_RANGE[0] <= s <= SPEEDUP_RANGE[1])
 
 
 # --------------------------------------------------------------------------- resolution
