@@ -185,12 +185,22 @@ def resolve_precision(requested: str, device, data_root=None) -> tuple[str, str]
     return "bf16", f"native bf16, measured {probe['speedup']:.1f}x fp32 here"
 
 
-def openvino_available() -> bool:
+def openvino_import_error() -> str | None:
+    """Why ``import openvino`` fails ("not installed", or the error of a broken installation); None
+    when it imports. Any exception counts: a broken package may raise anything while importing."""
     try:
         import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ModuleNotFoundError as e:
+        if e.name == "openvino":
+            return "not installed"
+        return f"fails to import ({e.__class__.__name__}: {one_line(e, 150)})"
+    except Exception as e:  # noqa: BLE001
+        return f"fails to import ({e.__class__.__name__}: {one_line(e, 150)})"
+    return None
+
+
+def openvino_available() -> bool:
+    return openvino_import_error() is None
 
 
 def resolve_engine(requested: str, device) -> tuple[str, str]:
@@ -209,6 +219,10 @@ def resolve_engine(requested: str, device) -> tuple[str, str]:
             raise ConfigError(f"--engine openvino runs the backbone on the CPU only, not {device}: "
                               "use --engine torch (or auto) with a GPU")
         if not openvino_available():
+            why = openvino_import_error() or "not installed"
+            if why != "not installed":  # not an argument error: the installation is broken
+                raise CifarTLError(f"--engine openvino: OpenVINO {why}; reinstall it (pip install "
+                                   "--force-reinstall openvino) or use --engine torch")
             raise ConfigError("--engine openvino needs OpenVINO: pip install 'cifar-tl[openvino]' "
                               "(or pip install openvino)")
         return "openvino", "asked for"
@@ -216,6 +230,9 @@ def resolve_engine(requested: str, device) -> tuple[str, str]:
         return "torch", f"the {torch.device(device).type} device runs on torch"
     if openvino_available():
         return "openvino", "OpenVINO is installed; it runs the frozen backbone faster on a CPU"
+    why = openvino_import_error() or "not installed"
+    if why != "not installed":
+        return "torch", f"OpenVINO {why}"
     return "torch", "OpenVINO is not installed (pip install 'cifar-tl[openvino]' for faster CPU extraction)"
 
 
