@@ -85,18 +85,18 @@ def _with_checksum(path, sums_file):
 
 # What is damaged: how, and the notice that says so (the checksums' or the probe image's).
 DAMAGE = {
-    "bytes in the middle of the .bin": (lambda f: _overwrite(_ir(f)[1], _garble(_ir(f)[1].read_bytes())),
-                                        ".bin does not match its checksum); converting it again"),
-    "a truncated .bin": (lambda f: _overwrite(_ir(f)[1], _ir(f)[1].read_bytes()[:1000]),
-                         ".bin does not match its checksum); converting it again"),
-    "a truncated .xml": (lambda f: _overwrite(_ir(f)[0], _ir(f)[0].read_bytes()[:1000]),
-                         ".xml does not match its checksum); converting it again"),
-    "bytes in the middle of the compiled blob": (lambda f: _overwrite(_blob(f), _garble(_blob(f).read_bytes())),
-                                                 ".blob does not match its checksum); compiling it again"),
-    "the compiled blob and its checksum": (lambda f: _with_checksum(_blob(f), _blob(f).parent / "sha256.json"),
-                                           "give wrong results (features off by"),
-    "the .bin and its checksum": (lambda f: _with_checksum(_ir(f)[1], _ir(f)[2]),
-                                  "give wrong results (features off by"),
+    "bin-garbled": (lambda f: _overwrite(_ir(f)[1], _garble(_ir(f)[1].read_bytes())),
+                    ".bin does not match its checksum); converting it again"),
+    "bin-truncated": (lambda f: _overwrite(_ir(f)[1], _ir(f)[1].read_bytes()[:1000]),
+                      ".bin does not match its checksum); converting it again"),
+    "xml-truncated": (lambda f: _overwrite(_ir(f)[0], _ir(f)[0].read_bytes()[:1000]),
+                      ".xml does not match its checksum); converting it again"),
+    "blob-garbled": (lambda f: _overwrite(_blob(f), _garble(_blob(f).read_bytes())),
+                     ".blob does not match its checksum); compiling it again"),
+    "blob-and-its-checksum": (lambda f: _with_checksum(_blob(f), _blob(f).parent / "sha256.json"),
+                              "give wrong results (features off by"),
+    "bin-and-its-checksum": (lambda f: _with_checksum(_ir(f)[1], _ir(f)[2]),
+                             "give wrong results (features off by"),
 }
 
 
@@ -141,8 +141,8 @@ def test_run_on_a_damaged_openvino_cache_rebuilds_it_and_never_blames_the_learni
     assert code == 0, err
     first = json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"]
     folder = tmp_path / "data" / "openvino"
-    DAMAGE["bytes in the middle of the .bin"][0](folder)
-    DAMAGE["bytes in the middle of the compiled blob"][0](folder)
+    DAMAGE["bin-garbled"][0](folder)
+    DAMAGE["blob-garbled"][0](folder)
     shutil.rmtree(tmp_path / "data" / "features")  # features are extracted again, on those files
     code, out, err = cli_in_process(capsys, *args, "--overwrite")
     assert code == 0 and not err, err
