@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import warnings
 from pathlib import Path
 
@@ -175,8 +174,8 @@ def convert(backbone, image_size: int, xml: Path) -> None:
 def compiled_folder(cache_dir, name: str, hint: str) -> Path:
     """OpenVINO's CACHE_DIR for one converted model and precision: every blob in it matches the
     checksum ``record_compiled`` wrote after compiling it. A blob that does not (damaged on disk,
-    or left by a compilation that died) is removed with the folder, so that OpenVINO compiles
-    afresh; a damaged one with one notice."""
+    or left by a compilation that died) is removed with the rest of the folder, so that OpenVINO
+    compiles afresh; a damaged one with one notice."""
     folder = Path(cache_dir) / "compiled" / f"{name}-{hint}"
     _remove(_files(folder.parent))  # blobs of the earlier layout, kept unchecked in compiled/
     sums = _read_sums(folder / SUMS)
@@ -205,5 +204,4 @@ def record_compiled(folder: Path) -> None:
 
 def discard(xml: Path, folder: Path) -> None:
     """Remove a converted model and its compiled folder (both rebuilt at the next use)."""
-    _remove(_ir_files(xml)[::-1])
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove([*_ir_files(xml)[::-1], *_files(folder), folder / SUMS])  # checksums first
