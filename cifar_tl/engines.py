@@ -10,27 +10,30 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
-import warnings
+import weakref
 from pathlib import Path
 
 import torch
 
 from .errors import CifarTLError, ConfigError, one_line
+from .openvino_engine import OpenVINORunner
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BackboneRunner", "make_runner", "native_bf16", "resolve_engine", "resolve_precision"]
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 # bf16 must beat fp32 by this factor in the probe to be chosen: native bf16 measured 2-4x here,
 # emulated bf16 (AVX-512 without the bf16 instructions, AVX2) is slower than fp32.
 BF16_MIN_SPEEDUP = 1.2
+# A kept probe result outside this range is damage (measured 0.7-4x on the machines here).
+SPEEDUP_RANGE = (0.01, 100.0)
 PROBE_FILE = "precision-probe.json"
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -120,11 +123,20 @@ def cpu_bf16_probe(data_root: str | Path | None = None) -> dict:
     key = _probe_key()
     try:
         known = json.loads(path.read_text())
-        if isinstance(known, dict) and isinstance(known.get(key), dict):
-            return known[key]
-    except (OSError, ValueError):
+    except FileNotFoundError:
         known = {}
+    except (OSError, ValueError) as e:
+        known = None
+        log.warning("precision probe %s is unreadable (%s); measuring again", path, e.__class__.__name__)
+    if isinstance(known, dict) and key in known:
+        if _valid_probe(known[key]):
+            return known[key]
+        log.warning("precision probe %s is damaged (%s); measuring again", path, one_line(repr(known[key]), 60))
+    elif known is not None and not isinstance(known, dict):
+        log.warning("precision probe %s is damaged (not a JSON object); measuring again", path)
     result = {"native": True, "speedup": round(measure_bf16_speedup(), 3)}
+    if not _valid_probe(result):  # cannot happen with a working clock; then fp32, not kept
+        return {"native": True, "speedup": 0.0}
     if result["speedup"] < BF16_MIN_SPEEDUP and _busy():
         return result  # maybe only the other jobs: not kept, so the next run measures again
     try:
@@ -134,6 +146,15 @@ def cpu_bf16_probe(data_root: str | Path | None = None) -> dict:
     except Exception as e:  # noqa: BLE001  an unwritable root only costs a re-measurement
         log.debug("precision probe not saved in %s: %s", path, e)
     return result
+
+
+def _valid_probe(entry) -> bool:
+    """Whether a kept probe result is one ``cpu_bf16_probe`` could have written."""
+    if not isinstance(entry, dict) or entry.get("native") is not True:
+        return False
+    s = entry.get("speedup")
+    return (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+            and SPEEDUP_RANGE[0] <= s <= SPEEDUP_RANGE[1])
 
 
 # --------------------------------------------------------------------------- resolution
@@ -164,12 +185,22 @@ def resolve_precision(requested: str, device, data_root=None) -> tuple[str, str]
     return "bf16", f"native bf16, measured {probe['speedup']:.1f}x fp32 here"
 
 
-def openvino_available() -> bool:
+def openvino_import_error() -> str | None:
+    """Why ``import openvino`` fails ("not installed", or the error of a broken installation); None
+    when it imports. Any exception counts: a broken package may raise anything while importing."""
     try:
         import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ModuleNotFoundError as e:
+        if e.name == "openvino":
+            return "not installed"
+        return f"fails to import ({e.__class__.__name__}: {one_line(e, 150)})"
+    except Exception as e:  # noqa: BLE001
+        return f"fails to import ({e.__class__.__name__}: {one_line(e, 150)})"
+    return None
+
+
+def openvino_available() -> bool:
+    return openvino_import_error() is None
 
 
 def resolve_engine(requested: str, device) -> tuple[str, str]:
@@ -188,6 +219,10 @@ def resolve_engine(requested: str, device) -> tuple[str, str]:
             raise ConfigError(f"--engine openvino runs the backbone on the CPU only, not {device}: "
                               "use --engine torch (or auto) with a GPU")
         if not openvino_available():
+            why = openvino_import_error() or "not installed"
+            if why != "not installed":  # not an argument error: the installation is broken
+                raise CifarTLError(f"--engine openvino: OpenVINO {why}; reinstall it (pip install "
+                                   "--force-reinstall openvino) or use --engine torch")
             raise ConfigError("--engine openvino needs OpenVINO: pip install 'cifar-tl[openvino]' "
                               "(or pip install openvino)")
         return "openvino", "asked for"
@@ -195,6 +230,9 @@ def resolve_engine(requested: str, device) -> tuple[str, str]:
         return "torch", f"the {torch.device(device).type} device runs on torch"
     if openvino_available():
         return "openvino", "OpenVINO is installed; it runs the frozen backbone faster on a CPU"
+    why = openvino_import_error() or "not installed"
+    if why != "not installed":
+        return "torch", f"OpenVINO {why}"
     return "torch", "OpenVINO is not installed (pip install 'cifar-tl[openvino]' for faster CPU extraction)"
 
 
@@ -223,73 +261,35 @@ class BackboneRunner:
             return self.backbone(x).float()
 
 
-class OpenVINORunner(BackboneRunner):
-    """The backbone converted to OpenVINO and compiled for the CPU in ``precision``. Its input
-    and output stay on the CPU; the converted model is kept on disk (``cache_dir``) per backbone
-    fingerprint, input size and OpenVINO version, the compiled one in OpenVINO's CACHE_DIR."""
-
-    def __init__(self, backbone, precision: str, image_size: int, cache_dir, reason: str = ""):
-        import openvino as ov
-
-        self.backbone, self.device, self.precision, self.reason = backbone, torch.device("cpu"), precision, reason
-        self.engine, self.channels_last = "openvino", False  # OpenVINO takes dense NCHW arrays
-        core = ov.Core()
-        model = core.read_model(str(_ov_model_file(backbone, image_size, cache_dir)))
-        config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision],  # its default is bf16 where native
-                  "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                  "CACHE_DIR": str(Path(cache_dir) / "compiled")}
-        self.compiled = core.compile_model(model, "CPU", config)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.compiled(x.detach().cpu().contiguous().numpy())[0]
-        return torch.from_numpy(out.copy())
-
-
-def _ov_model_file(backbone, image_size: int, cache_dir) -> Path:
-    """The backbone as OpenVINO IR (.xml + .bin), converted once and saved; its path."""
-    import openvino as ov
-
-    from .checkpoint import backbone_fingerprint
-
-    version = ov.get_version().split("-")[0]
-    name = f"{getattr(backbone, 'name', 'backbone')}-{image_size}px-{backbone_fingerprint(backbone)[:16]}-ov{version}"
-    xml = Path(cache_dir) / f"{name}.xml"
-    if xml.exists() and xml.with_suffix(".bin").exists():
-        return xml
-    xml.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, 3, image_size, image_size)
-    backbone = backbone.cpu().eval().to(memory_format=torch.contiguous_format)
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, inside convert_model
-        model = ov.convert_model(backbone, example_input=example,
-                                 input=ov.PartialShape([-1, 3, image_size, image_size]))
-    tmp = xml.with_name(f"{name}.tmp.xml")
-    ov.save_model(model, str(tmp), compress_to_fp16=False)  # keep fp32 weights: precision is compile's
-    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
-    tmp.replace(xml)  # the .xml last: its presence means the pair is whole
-    return xml
+# Backbones OpenVINO failed on in this process ({(image size, precision): why}): a run's training
+# and test splits ask for a runner each, and the second gets torch at once, without a second notice.
+_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def make_runner(backbone, device, image_size: int, engine: str = "auto", precision: str = "auto",
                 data_root=None) -> BackboneRunner:
     """The backbone ready to run with the resolved engine and precision (``resolve_engine``,
-    ``resolve_precision``). When ``engine`` is ``auto`` and OpenVINO cannot convert the backbone,
-    it runs on torch instead, with one notice; an explicit ``openvino`` raises the error."""
+    ``resolve_precision``). When ``engine`` is ``auto`` and OpenVINO cannot convert or run the
+    backbone (its files damaged even after rebuilding them), it runs on torch instead, with one
+    notice; an explicit ``openvino`` raises the error."""
     from .config import default_data_root
 
     prec, why_prec = resolve_precision(precision, device, data_root)
     eng, why_eng = resolve_engine(engine, device)
     reason = f"engine {eng}: {why_eng}; precision {prec}: {why_prec}"
-    if eng == "openvino":
+    name = getattr(backbone, "name", "the backbone")
+    failed = _FAILED.setdefault(backbone, {})
+    if eng == "openvino" and (engine != "auto" or (image_size, prec) not in failed):
         cache_dir = Path(data_root or default_data_root()) / "openvino"
         try:
             return OpenVINORunner(backbone, prec, image_size, cache_dir, reason)
         except Exception as e:  # noqa: BLE001  any conversion failure: torch still works
+            why = f"{e.__class__.__name__}: {one_line(e, 150)}"
             if engine != "auto":
-                raise CifarTLError(f"OpenVINO could not convert {getattr(backbone, 'name', 'the backbone')} "
-                                   f"({e.__class__.__name__}: {one_line(e, 150)}); use --engine torch") from None
-            log.warning("OpenVINO could not convert %s (%s: %s); running it on torch instead",
-                        getattr(backbone, "name", "the backbone"), e.__class__.__name__, one_line(e, 200))
-            reason = f"engine torch: OpenVINO could not convert the backbone; precision {prec}: {why_prec}"
+                raise CifarTLError(f"OpenVINO could not convert or run {name} ({why}); use --engine torch") from None
+            log.warning("OpenVINO could not convert or run %s (%s); running it on torch instead", name, why)
+            failed[(image_size, prec)] = why
+    if eng == "openvino":
+        reason = f"engine torch: OpenVINO could not convert or run {name}; precision {prec}: {why_prec}"
     return BackboneRunner(backbone, device, prec, reason)
 

@@ -219,8 +219,9 @@ class FeatureStore:
         if not missing.any():
             return 0
         if self.runner is None:
+            # The engine as asked (auto may fall back to torch), the precision as resolved.
             self.runner = make_runner(self.backbone, self.device, self.cfg.image_size,
-                                      self.engine, self.precision, self.cfg.data_root)
+                                      getattr(self.cfg, "engine", "auto"), self.precision, self.cfg.data_root)
             if self.runner.engine != self.engine:  # OpenVINO failed: torch's features, torch's file
                 self.reason = self.runner.reason
                 self._open(self.runner.engine, self.precision)
