@@ -1,5 +1,5 @@
 """Fine-tuning: unfreeze the top stages of the backbone, discriminative learning rates, warm-up
-and cosine decay, BatchNorm kept in eval mode, and the model.pt checkpoint of a fine-tuned model.
+and cosine decay, BatchNorm kept in eval mode (model.pt, the checkpoint it writes: ``modelfile``).
 
 The recipe of fastai's ``fine_tune`` and the Keras transfer-learning guide: the head is trained
 first on cached features (``engine.fit``), then the top K stages train with it, each stage down at
@@ -15,19 +15,25 @@ import math
 import sys
 import time
 from itertools import chain
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint, engine
+from . import engine
 from .config import epoch_seed, parse_unfreeze
 from .engines import resolve_precision
-from .errors import CheckpointError, ConfigError
-from .models import TransferModel, build_backbone, normalization
+from .errors import ConfigError
+from .modelfile import (  # noqa: F401  (model.pt: finetune's public names too)
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    load_model_checkpoint,
+    read_model,
+    save_model,
+    trained_state,
+)
+from .models import TransferModel, normalization
 from .preprocess import ImageBatches, channels_last_pays  # noqa: F401  (ImageBatches: finetune's public name too)
-from .storage import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,6 @@ WARMUP_FRACTION = 0.1  # of all steps, linear from lr/warmup_steps up to lr (the
 # a random backbone's features differ across images by ~1e-6 and any update of its stages moves
 # them by far more, which fixed statistics would blow up (smoke fine-tuning fell to chance).
 STANDARDIZE_MOMENTUM = 0.1
-MODEL_FORMAT = "cifar_tl.model"
-MODEL_FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- unfreezing
@@ -234,55 +238,3 @@ def evaluate_dataset(model: TransferModel, test_ds, cfg, device, batch_size: int
     mean, std = normalization(cfg.backbone, cfg.weights)
     return evaluate(model, ImageBatches(test_ds, cfg.image_size, batch_size, device, False, mean=mean, std=std),
                     device, train_dtype(cfg.precision, device))
-
-
-# --------------------------------------------------------------------------- model.pt
-def trained_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's tensors that fine-tuning changes: the unfrozen stages' parameters and
-    buffers (BatchNorm statistics), and any other trainable parameter."""
-    ids = {id(t) for s in getattr(backbone, "unfrozen", []) for t in chain(s.parameters(), s.buffers())}
-    ids |= {id(p) for p in backbone.parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict(keep_vars=True).items() if id(v) in ids}
-
-
-def save_model(path, model: TransferModel, *, config, class_names, metrics=None, **head_meta) -> Path:
-    """model.pt: the head checkpoint (as head.pt, with its metadata and checksum) and the trained
-    backbone tensors, checksummed, loadable with ``weights_only=True``. ``head_meta`` as for
-    ``checkpoint.save_head`` (coarse_classes, fine_to_coarse, backbone_fingerprint)."""
-    path = Path(path)
-    head = checkpoint.read_checkpoint(path, checkpoint.head_blob(  # checked as head.pt would be
-        model.head, config=config, class_names=class_names, metrics=metrics, **head_meta))
-    bb = model.backbone
-    blob = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "state_dict": trained_state(bb),
-            "unfrozen": [n for n, s in zip(bb.stage_names, bb.stages) if any(s is u for u in getattr(bb, "unfrozen", []))],
-            "bn_train": bool(getattr(bb, "bn_train", False)), "head": head}
-    return atomic_save(checkpoint.with_checksum(blob), path)
-
-
-def load_model_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple[TransferModel, dict]:
-    """Rebuild a fine-tuned model from model.pt (``blob``: its contents, if already loaded): the
-    original backbone (its fingerprint checked), the trained tensors put back, the head.
-    Returns (model in eval mode, the head's metadata)."""
-    blob = checkpoint.load_file(path, "model checkpoint") if blob is None else blob
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: not a cifar_tl model checkpoint (no '{MODEL_FORMAT}' format tag)")
-    if blob.get("format_version") != MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: model checkpoint format {blob.get('format_version')!r} is not "
-                              f"{MODEL_FORMAT_VERSION}; use the cifar_tl that wrote it")
-    head_blob = blob.get("head")
-    if not (isinstance(head_blob, dict) and isinstance(blob.get("state_dict"), dict)
-            and checkpoint.checksum_ok(blob) and checkpoint.checksum_ok(head_blob)):
-        raise CheckpointError(f"{path}: damaged: its weights or metadata do not match their checksum")
-    cfg = head_blob["config"]
-    backbone = build_backbone(head_blob["backbone"], head_blob["weights"], cfg.get("seed", 0))
-    expected = head_blob.get("backbone_fingerprint")
-    if expected and checkpoint.backbone_fingerprint(backbone) != expected:
-        raise CheckpointError(f"{path}: the {head_blob['backbone']} backbone rebuilt here is not the one "
-                              "it was fine-tuned from (other weights or torch version)")
-    missing = set(blob["state_dict"]) - set(backbone.state_dict())
-    if missing:
-        raise CheckpointError(f"{path}: tensors for layers {head_blob['backbone']} does not have: {sorted(missing)[:3]}")
-    backbone.load_state_dict(blob["state_dict"], strict=False)
-    head, meta = checkpoint.load_head(path, blob=head_blob)
-    meta.update(unfrozen=blob["unfrozen"], bn_train=blob["bn_train"])
-    return TransferModel(backbone, head).to(device).eval(), meta

@@ -84,8 +84,8 @@ def evaluate_checkpoint(path: str | Path, profile: Config | None = None, **overr
     """
     blob = checkpoint.load_file(path)
     fine_tuned = _fine_tuned(blob)
-    cfg = evaluate_config(path, blob["head"] if fine_tuned else checkpoint.read_checkpoint(path, blob),
-                          profile, **overrides)
+    cfg = evaluate_config(path, finetune.read_model(path, blob)["head"] if fine_tuned
+                          else checkpoint.read_checkpoint(path, blob), profile, **overrides)
     device = resolve_device(cfg.device)
     model, meta = load_model(path, device, blob=blob)
     test_ds = data.build_source(cfg, train=False)
