@@ -10,6 +10,7 @@ stochastic depth (``models.TransferModel.train``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from . import engine
 from .config import epoch_seed, parse_unfreeze
 from .engines import resolve_precision
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .modelfile import (  # noqa: F401  (model.pt: finetune's public names too)
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
@@ -172,13 +173,18 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
     (``STANDARDIZE_MOMENTUM``). Rows: epoch, train loss/accuracy, test loss/accuracy/top5, seconds,
     images_per_second, lr (the peak rate of each group this epoch). Every epoch's batches and flips
     draw from (seed, epoch) alone: a resumed run repeats an uninterrupted one.
-    ``on_epoch_end(row, model, optimizer)`` as in ``engine.fit``.
+    ``on_epoch_end(row, model, optimizer)`` as in ``engine.fit``. A loss, test loss or weight that
+    is not finite puts the model back to the end of the last completed epoch (nothing NaN reaches
+    ``on_epoch_end``), then raises ``TrainingDiverged``.
     """
     device = torch.device(device)
     model.to(device)
     if channels_last_pays(device):
         model.to(memory_format=torch.channels_last)
     bs = batch_size or largest_batch(model, cfg.image_size, device, cfg.batch_size)
+    if bs < 2 and getattr(model.backbone, "bn_train", False):
+        raise ConfigError("--bn-train needs --batch-size 2 or more: BatchNorm cannot take statistics of "
+                          "one image")
     mean, std = normalization(cfg.backbone, cfg.weights)
     train = ImageBatches(train_ds, cfg.image_size, bs, device, True, cfg.seed, mean, std)
     test = ImageBatches(test_ds, cfg.image_size, 64, device, False, mean=mean, std=std)
@@ -193,6 +199,7 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
     if model.head.standardizer is not None:
         model.head.standardizer.momentum = STANDARDIZE_MOMENTUM
     for epoch in range(len(history), epochs):
+        saved = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
         t0, step0 = time.perf_counter(), epoch * len(train)
         train.set_epoch(epoch)
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # anything random a model adds
@@ -209,9 +216,14 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total, correct, n = total + loss.item() * len(y), correct + (out.argmax(1) == y).sum().item(), n + len(y)
+            value = loss.item()
+            if not math.isfinite(value):
+                _diverged(model, optimizer, saved, cfg, epoch, f"the loss became {value} after {n} image(s)")
+            total, correct, n = total + value * len(y), correct + (out.argmax(1) == y).sum().item(), n + len(y)
         seconds = time.perf_counter() - t0
         ev = evaluate(model, test, device, dtype)
+        if not math.isfinite(ev.loss) or not all(p.isfinite().all() for p in model.parameters() if p.requires_grad):
+            _diverged(model, optimizer, saved, cfg, epoch, f"the weights became infinite or NaN (test loss {ev.loss})")
         row = {"epoch": epoch + 1, "phase": "fine-tune", "train_loss": total / max(n, 1),
                "train_accuracy": correct / max(n, 1), "test_loss": ev.loss, "test_accuracy": ev.accuracy,
                "test_top5": ev.top5, "train_seconds": seconds, "images_per_second": n / max(seconds, 1e-9),
@@ -220,6 +232,18 @@ def fine_tune(model: TransferModel, train_ds, test_ds, cfg, device, *, epochs: i
         if on_epoch_end is not None:
             on_epoch_end(row, model, optimizer)
     return history
+
+
+def _diverged(model, optimizer, saved, cfg, epoch: int, what: str):
+    """Put the model and optimizer back to the end of the last completed epoch; TrainingDiverged
+    naming the settings that cause it."""
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    wd = f" or --weight-decay {cfg.weight_decay:g}" if cfg.weight_decay else ""
+    raise TrainingDiverged(
+        f"fine-tuning epoch {epoch + 1}: {what}: the learning rate (--lr {cfg.lr:g}, --lr-decay {cfg.lr_decay:g})"
+        f"{wd} is too high: try a 10x lower --lr; kept the {epoch} completed fine-tuning epoch(s) and the "
+        "head trained before them")
 
 
 def evaluate(model: TransferModel, batches, device, dtype=None) -> engine.Evaluation:
