@@ -13,7 +13,7 @@ from . import checkpoint, data, engine, features, finetune
 from .config import Config, resolve_device
 from .errors import CheckpointError, CifarTLError, ConfigError, DataError
 from .features import FeatureLoader
-from .models import TransferModel, build_backbone, check_backbone
+from .models import TransferModel, build_backbone, check_backbone, normalization
 
 __all__ = ["evaluate_checkpoint", "iter_predictions", "load_model", "match_classes", "predict_files"]
 
@@ -143,7 +143,7 @@ def iter_predictions(path: str | Path, files, device="cpu", k: int = 5):
     if isinstance(files, (str, Path)):
         files = [files]
     model, meta = load_model(path, resolve_device(device))
-    transform = data.eval_transform(meta["image_size"])
+    transform = data.eval_transform(meta["image_size"], *normalization(meta["backbone"]))
     names = meta["class_names"]
     on = next(model.parameters()).device
     for f in files:

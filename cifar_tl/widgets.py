@@ -20,7 +20,7 @@ import torch
 from . import data, engine, viz
 from .errors import ImageError
 from .features import FeatureLoader
-from .models import MLPHead
+from .models import MLPHead, normalization
 
 BATCH_RUNNERS = ("pytest", "papermill", "nbconvert", "nbclient", "nbval")
 
@@ -165,7 +165,9 @@ def top_k(model, image, image_size: int, device="cpu", k: int = 5):
         image = data.open_image(image)
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    x = data.eval_transform(image_size)(data.to_rgb(image))[None]
+    name = getattr(getattr(model, "backbone", None), "name", None)
+    norm = normalization(name) if name else (data.IMAGENET_MEAN, data.IMAGENET_STD)
+    x = data.eval_transform(image_size, *norm)(data.to_rgb(image))[None]
     probs, idx = engine.predict(model, x, device, k)
     return probs[0], idx[0]
 
