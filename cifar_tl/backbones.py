@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import re
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from .digests import weights_digest
 from .errors import AssetMissingError, CheckpointError, ConfigError, UnknownBackbone
 from .stages import find_stages
 
@@ -225,13 +227,7 @@ def _build_classifier(name: str, weights, seed: int) -> nn.Module:
             torch.manual_seed(seed)
             return _get_model(name, weights=None)
     if weights == "imagenet":
-        try:
-            return tvm.get_model(name, weights=imagenet_weights(name))
-        except Exception as e:  # URLError, socket.gaierror, HTTPError, hash mismatch ...
-            raise AssetMissingError(
-                f"ImageNet weights for {name} are not in {weights_file(name)} and could not be "
-                f"downloaded ({e.__class__.__name__}): run `python -m cifar_tl download` with "
-                "internet, or use --profile smoke (random weights)") from None
+        return _imagenet_classifier(name)
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(f"weights must be 'imagenet', None or a file; {weights!r} is none of those")
@@ -244,6 +240,39 @@ def _build_classifier(name: str, weights, seed: int) -> nn.Module:
     except Exception as e:
         raise CheckpointError(f"{path}: not a state dict for {name} ({e.__class__.__name__})") from None
     return model
+
+
+def _imagenet_classifier(name: str) -> nn.Module:
+    """The classifier with its ImageNet weights, from torch's hub folder (downloaded if missing). A
+    file already there is checked against the sha256 prefix in its name (torchvision checks it
+    only when downloading): another state dict put in its place, or a cut copy, is refused."""
+    path = weights_file(name)
+    if path.is_file():
+        check_weights_hash(path)
+    try:
+        return tvm.get_model(name, weights=imagenet_weights(name))
+    except Exception as e:  # URLError, socket.gaierror, HTTPError, hash mismatch ...
+        if path.is_file():
+            raise CheckpointError(f"{path}: the ImageNet weights for {name} are damaged ({e.__class__.__name__}): "
+                                  "delete the file and run `python -m cifar_tl download` with internet") from None
+        raise AssetMissingError(
+            f"ImageNet weights for {name} are not in {path} and could not be "
+            f"downloaded ({e.__class__.__name__}): run `python -m cifar_tl download` with "
+            "internet, or use --profile smoke (random weights)") from None
+
+
+def check_weights_hash(path: Path) -> None:
+    """CheckpointError if the file's sha256 does not start with the hex digits its name carries
+    (``name-<sha256 prefix>.pth``, ``torch.hub.check_hash``'s rule). Each file is hashed once per
+    process while its size and modification time stay the same (``digests.weights_digest``)."""
+    found = re.search(r"-([a-f0-9]+)\.", path.name)  # torch.hub.HASH_REGEX
+    if found is None:
+        return
+    digest = weights_digest(path)
+    if not digest.startswith(found.group(1)):
+        raise CheckpointError(f"{path}: damaged or replaced: its sha256 starts {digest[:len(found.group(1))]}, "
+                              f"its name says {found.group(1)}: delete the file and run "
+                              "`python -m cifar_tl download` with internet")
 
 
 def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = "imagenet",

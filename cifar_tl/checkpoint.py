@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import re
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -15,6 +12,14 @@ import torchvision
 
 from . import __version__
 from .config import MAX_IMAGE_SIZE, Config
+from .digests import (  # noqa: F401
+    backbone_fingerprint,
+    checksum_ok,
+    stored_size_error,
+    tensors_digest,
+    weights_digest,
+    with_checksum,
+)
 from .errors import AssetMissingError, CheckpointError, ConfigError, one_line
 from .models import MLPHead
 from .storage import atomic_save
@@ -29,60 +34,6 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 _OTHER_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
                 b"RIFF": "a WebP image or other RIFF file", b"BM": "a BMP image", b"%PDF": "a PDF document",
                 b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
-
-
-# --------------------------------------------------------------------------- digests
-def _tensors_digest(tensors: dict) -> str:
-    """A hash of named tensors' values (torch's zip reader does not check its CRCs: a flipped
-    byte in a copied file would otherwise load as silently wrong weights)."""
-    h = hashlib.sha256()
-    for name, t in sorted(tensors.items()):
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
-def _checksum(blob: dict) -> str:
-    """A hash of the whole checkpoint: the weights and every metadata field (an edited
-    ``image_size`` is damage as much as a flipped weight)."""
-    meta = {k: v for k, v in blob.items() if k not in ("state_dict", "sha256")}
-    text = json.dumps(meta, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode() + _tensors_digest(blob["state_dict"]).encode()).hexdigest()[:32]
-
-
-def with_checksum(blob: dict) -> dict:
-    """``blob`` with its checksum (re)computed: what ``save_head`` stores."""
-    return {**blob, "sha256": _checksum(blob)}
-
-
-def backbone_fingerprint(backbone: torch.nn.Module) -> str:
-    """A hash of the backbone's weights and buffers. Stored with the head, it proves at load time
-    that the backbone rebuilt for evaluate/predict is the one the head was trained on (a random
-    backbone is rebuilt from the run's seed; a torch version with another initialisation would
-    silently give different features)."""
-    return _tensors_digest(backbone.state_dict())
-
-
-def weights_digest(path: str | Path, cached: bool = True) -> str:
-    """The sha256 of a weights file. ``cached``: remembered per (path, size, modification time),
-    as saving a head every epoch would otherwise hash the same file every epoch."""
-    path = Path(path).expanduser().resolve()
-    if not cached:
-        return _file_digest.__wrapped__(str(path), 0, 0)
-    st = path.stat()
-    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- saving
@@ -195,9 +146,7 @@ def read_checkpoint(path: str | Path, blob: dict | None = None) -> dict:
         raise CheckpointError(f"{path}: a cifar_tl checkpoint without a valid format version; save it again")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer cifar_tl (format {version}); upgrade cifar_tl")
-    sd = blob.get("state_dict")
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise CheckpointError(f"{path}: its state_dict holds something other than named tensors")
+    sd = check_tensors(blob.get("state_dict"), path)
     if not _checksum_ok(blob, version):
         raise CheckpointError(f"{path}: damaged: its weights or metadata do not match their checksum; "
                               "copy or save it again")
@@ -214,19 +163,22 @@ def read_checkpoint(path: str | Path, blob: dict | None = None) -> dict:
     return blob
 
 
+def check_tensors(sd, path) -> dict:
+    """``sd`` if it is a dict of named tensors, each within the bytes stored for it; else
+    CheckpointError. Reads shapes and strides only, before any checksum touches the data."""
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path}: its state_dict holds something other than named tensors")
+    for name, t in sd.items():
+        if (why := stored_size_error(name, t)) is not None:
+            raise CheckpointError(f"{path}: damaged: {why}; copy or save it again")
+    return sd
+
+
 def _checksum_ok(blob: dict, version: int) -> bool:
     if version == 1:  # before the metadata was covered: only the weights carry a checksum
         digest = blob.get("state_dict_sha256")
-        return digest is None or digest == _tensors_digest(blob["state_dict"])
+        return digest is None or digest == tensors_digest(blob["state_dict"])
     return checksum_ok(blob)
-
-
-def checksum_ok(blob: dict) -> bool:
-    """Whether ``blob`` carries the checksum of its own contents (``with_checksum``)."""
-    try:
-        return blob.get("sha256") == _checksum(blob)
-    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):  # not even describable
-        return False
 
 
 def _int_in(v, lo: int, hi: int) -> bool:
@@ -332,6 +284,6 @@ def load_head(path: str | Path, *, blob: dict | None = None, **expected) -> tupl
     return head.eval(), meta
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "check_compatible", "check_weights_file",
+__all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "check_compatible", "check_tensors", "check_weights_file",
            "checksum_ok", "head_blob", "load_file", "load_head", "read_checkpoint", "save_head",
            "weights_digest", "with_checksum"]

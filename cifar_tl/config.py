@@ -213,8 +213,8 @@ class Config:
                               "package accepts (CIFAR images are 32 px; EfficientNetV2-S uses 300)")
         _positive_number("lr", self.lr)
         _positive_number("lr-decay", self.lr_decay, upper=1.0)
-        if not _number(self.weight_decay) or self.weight_decay < 0:
-            raise ConfigError(f"weight-decay must be a number >= 0, got {self.weight_decay!r}")
+        if not _number(self.weight_decay) or not 0 <= self.weight_decay <= 1:  # AdamW's usual: 0.01 to 0.1
+            raise ConfigError(f"weight-decay must be a number from 0 to 1, got {self.weight_decay!r}")
         if not _int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be an integer from 0 to 2**32-1, got {self.seed!r}")
         if not _int(self.num_workers) or self.num_workers < 0:

@@ -34,6 +34,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
+from .backbones import normalization
 from .errors import AssetMissingError, ConfigError, DataError, StorageError, one_line
 from .folders import ImageFolderSource, image_folder, val_folder
 from .images import BoundedResize, open_image, to_rgb  # noqa: F401  (data.open_image: notebooks use it)
@@ -55,7 +56,7 @@ def cifar100_meta() -> dict:
 
 
 # --------------------------------------------------------------------------- transforms
-def train_transform(image_size: int = 300) -> T.Compose:
+def train_transform(image_size: int = 300, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
     """The tutorial's training transform: resize, random horizontal flip, tensor, normalise.
 
     ``CenterCrop`` is a no-op on CIFAR's square images; it makes non-square photos (the folder
@@ -68,19 +69,20 @@ def train_transform(image_size: int = 300) -> T.Compose:
             T.CenterCrop(image_size),
             T.RandomHorizontalFlip(p=0.5),
             T.ToTensor(),
-            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            T.Normalize(mean=mean, std=std),
         ]
     )
 
 
-def eval_transform(image_size: int = 300) -> T.Compose:
-    """The same without the random flip: evaluation must be deterministic (the tutorial's bug 1)."""
+def eval_transform(image_size: int = 300, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
+    """The same without the random flip: evaluation must be deterministic (the tutorial's bug 1).
+    ``mean``/``std``: ImageNet's, the tutorial's; pass the backbone's (``models.normalization``)."""
     return T.Compose(
         [
             BoundedResize(image_size),
             T.CenterCrop(image_size),
             T.ToTensor(),
-            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            T.Normalize(mean=mean, std=std),
         ]
     )
 
@@ -321,10 +323,11 @@ def build_datasets(cfg, download: bool = True) -> Splits:
     else:
         train_ds, val_ds = hold_out_val(train_ds, cfg.val_count(len(train_ds)), cfg.seed,
                                         strict=cfg.val_size is not None)
-    train_ds.transform = train_transform(cfg.image_size)
+    norm = normalization(cfg.backbone)  # the weights' own mean and std
+    train_ds.transform = train_transform(cfg.image_size, *norm)
     for ds in (val_ds, test_ds):
         if ds is not None:
-            ds.transform = eval_transform(cfg.image_size)
+            ds.transform = eval_transform(cfg.image_size, *norm)
     return Splits(train_ds, val_ds, test_ds)
 
 

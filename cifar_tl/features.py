@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backbones import list_backbones, normalization
 from .checkpoint import backbone_fingerprint
 from .config import epoch_seed
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .engines import BackboneRunner, make_runner, resolve_engine, resolve_precision
 from .errors import CifarTLError
 from .images import FolderImages, images_uint8
@@ -98,13 +100,16 @@ def extract(backbone: torch.nn.Module, images: torch.Tensor | FolderImages, imag
     if cuda and isinstance(images, torch.Tensor) and images.nbytes <= 2**30:
         images = images.to(device)
     n = len(indices)
+    # The weights' own mean and std, as every other path (a module torchvision does not name: ImageNet's).
+    name = getattr(backbone, "name", None)
+    norm = normalization(name) if name in list_backbones() else (IMAGENET_MEAN, IMAGENET_STD)
     out = torch.empty(n, len(views), backbone.num_features, device=device if cuda else "cpu")
     with torch.inference_mode(), _cudnn_benchmark(cuda):
         for i in tqdm(range(0, n, bs), desc=desc, disable=not progress, leave=False, file=sys.stdout):
             chunk = _rows(images, indices[i : i + bs])
             if chunk.device != device:
                 chunk = (chunk.pin_memory() if cuda else chunk).to(device, non_blocking=True)
-            x = preprocess(chunk, image_size, channels_last=runner.channels_last)
+            x = preprocess(chunk, image_size, *norm, channels_last=runner.channels_last)
             x = torch.cat([x.flip(-1) if v == "flipped" else x for v in views])
             f = runner(x).to(out.device)
             out[i : i + len(chunk)] = f.view(len(views), len(chunk), -1).transpose(0, 1)
@@ -151,6 +156,8 @@ def cache_key(images: torch.Tensor | FolderImages, targets, backbone: str, weigh
     desc = dict(format=CACHE_FORMAT, n=len(targets), shape=list(images.shape), backbone=backbone,
                 weights=str(weights), weights_digest=weights_digest, image_size=image_size,
                 views=list(views), precision=precision, engine=engine)
+    if normalization(backbone) != (IMAGENET_MEAN, IMAGENET_STD):  # ImageNet's: the keys stay as they were
+        desc["normalization"] = normalization(backbone)
     h.update(json.dumps(desc, sort_keys=True).encode())
     return h.hexdigest()[:24]
 

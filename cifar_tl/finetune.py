@@ -1,5 +1,5 @@
 """Fine-tuning: unfreeze the top stages of the backbone, discriminative learning rates, warm-up
-and cosine decay, BatchNorm kept in eval mode, and the model.pt checkpoint of a fine-tuned model.
+and cosine decay, BatchNorm kept in eval mode (model.pt, the checkpoint it writes: ``modelfile``).
 
 The recipe of fastai's ``fine_tune`` and the Keras transfer-learning guide: the head is trained
 first on cached features (``engine.fit``), then the top K stages train with it, each stage down at
@@ -10,24 +10,31 @@ stochastic depth (``models.TransferModel.train``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
 import time
 from itertools import chain
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint, engine
+from . import engine
 from .config import epoch_seed, parse_unfreeze
 from .engines import resolve_precision
-from .errors import CheckpointError, ConfigError
-from .models import TransferModel, build_backbone, normalization
+from .errors import ConfigError, TrainingDiverged
+from .modelfile import (  # noqa: F401  (model.pt: finetune's public names too)
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    load_model_checkpoint,
+    read_model,
+    save_model,
+    trained_state,
+)
+from .models import TransferModel, normalization
 from .preprocess import ImageBatches, channels_last_pays  # noqa: F401  (ImageBatches: finetune's public name too)
-from .storage import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,6 @@ WARMUP_FRACTION = 0.1  # of all steps, linear from lr/warmup_steps up to lr (the
 # a random backbone's features differ across images by ~1e-6 and any update of its stages moves
 # them by far more, which fixed statistics would blow up (smoke fine-tuning fell to chance).
 STANDARDIZE_MOMENTUM = 0.1
-MODEL_FORMAT = "cifar_tl.model"
-MODEL_FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- unfreezing
@@ -169,13 +174,18 @@ def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: in
     (``val_*``, when ``val_ds`` is not None), seconds,
     images_per_second, lr (the peak rate of each group this epoch). Every epoch's batches and flips
     draw from (seed, epoch) alone: a resumed run repeats an uninterrupted one.
-    ``on_epoch_end(row, model, optimizer)`` as in ``engine.fit``.
+    ``on_epoch_end(row, model, optimizer)`` as in ``engine.fit``. A loss, validation loss or weight that
+    is not finite puts the model back to the end of the last completed epoch (nothing NaN reaches
+    ``on_epoch_end``), then raises ``TrainingDiverged``.
     """
     device = torch.device(device)
     model.to(device)
     if channels_last_pays(device):
         model.to(memory_format=torch.channels_last)
     bs = batch_size or largest_batch(model, cfg.image_size, device, cfg.batch_size)
+    if bs < 2 and getattr(model.backbone, "bn_train", False):
+        raise ConfigError("--bn-train needs --batch-size 2 or more: BatchNorm cannot take statistics of "
+                          "one image")
     mean, std = normalization(cfg.backbone, cfg.weights)
     train = ImageBatches(train_ds, cfg.image_size, bs, device, True, cfg.seed, mean, std)
     val = None if val_ds is None else ImageBatches(val_ds, cfg.image_size, 64, device, False, mean=mean, std=std)
@@ -190,6 +200,7 @@ def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: in
     if model.head.standardizer is not None:
         model.head.standardizer.momentum = STANDARDIZE_MOMENTUM
     for epoch in range(len(history), epochs):
+        saved = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
         t0, step0 = time.perf_counter(), epoch * len(train)
         train.set_epoch(epoch)
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # anything random a model adds
@@ -206,12 +217,19 @@ def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: in
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total, correct, n = total + loss.item() * len(y), correct + (out.argmax(1) == y).sum().item(), n + len(y)
+            value = loss.item()
+            if not math.isfinite(value):
+                _diverged(model, optimizer, saved, cfg, epoch, f"the loss became {value} after {n} image(s)")
+            total, correct, n = total + value * len(y), correct + (out.argmax(1) == y).sum().item(), n + len(y)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "phase": "fine-tune", "train_loss": total / max(n, 1),
                "train_accuracy": correct / max(n, 1)}
+        if not all(p.isfinite().all() for p in model.parameters() if p.requires_grad):
+            _diverged(model, optimizer, saved, cfg, epoch, "the weights became infinite or NaN")
         if val is not None:
             ev = evaluate(model, val, device, dtype)
+            if not math.isfinite(ev.loss):
+                _diverged(model, optimizer, saved, cfg, epoch, f"the validation loss became {ev.loss}")
             row.update(val_loss=ev.loss, val_accuracy=ev.accuracy, val_top5=ev.top5)
         row.update(train_seconds=seconds, images_per_second=n / max(seconds, 1e-9),
                    seconds=time.perf_counter() - t0, batch_size=bs, lr=peak)
@@ -219,6 +237,18 @@ def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: in
         if on_epoch_end is not None:
             on_epoch_end(row, model, optimizer)
     return history
+
+
+def _diverged(model, optimizer, saved, cfg, epoch: int, what: str):
+    """Put the model and optimizer back to the end of the last completed epoch; TrainingDiverged
+    naming the settings that cause it."""
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    wd = f" or --weight-decay {cfg.weight_decay:g}" if cfg.weight_decay else ""
+    raise TrainingDiverged(
+        f"fine-tuning epoch {epoch + 1}: {what}: the learning rate (--lr {cfg.lr:g}, --lr-decay {cfg.lr_decay:g})"
+        f"{wd} is too high: try a 10x lower --lr; kept the {epoch} completed fine-tuning epoch(s) and the "
+        "head trained before them")
 
 
 def evaluate(model: TransferModel, batches, device, dtype=None) -> engine.Evaluation:
@@ -237,55 +267,3 @@ def evaluate_dataset(model: TransferModel, test_ds, cfg, device, batch_size: int
     mean, std = normalization(cfg.backbone, cfg.weights)
     return evaluate(model, ImageBatches(test_ds, cfg.image_size, batch_size, device, False, mean=mean, std=std),
                     device, train_dtype(cfg.precision, device))
-
-
-# --------------------------------------------------------------------------- model.pt
-def trained_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's tensors that fine-tuning changes: the unfrozen stages' parameters and
-    buffers (BatchNorm statistics), and any other trainable parameter."""
-    ids = {id(t) for s in getattr(backbone, "unfrozen", []) for t in chain(s.parameters(), s.buffers())}
-    ids |= {id(p) for p in backbone.parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict(keep_vars=True).items() if id(v) in ids}
-
-
-def save_model(path, model: TransferModel, *, config, class_names, metrics=None, **head_meta) -> Path:
-    """model.pt: the head checkpoint (as head.pt, with its metadata and checksum) and the trained
-    backbone tensors, checksummed, loadable with ``weights_only=True``. ``head_meta`` as for
-    ``checkpoint.save_head`` (coarse_classes, fine_to_coarse, backbone_fingerprint)."""
-    path = Path(path)
-    head = checkpoint.read_checkpoint(path, checkpoint.head_blob(  # checked as head.pt would be
-        model.head, config=config, class_names=class_names, metrics=metrics, **head_meta))
-    bb = model.backbone
-    blob = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "state_dict": trained_state(bb),
-            "unfrozen": [n for n, s in zip(bb.stage_names, bb.stages) if any(s is u for u in getattr(bb, "unfrozen", []))],
-            "bn_train": bool(getattr(bb, "bn_train", False)), "head": head}
-    return atomic_save(checkpoint.with_checksum(blob), path)
-
-
-def load_model_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple[TransferModel, dict]:
-    """Rebuild a fine-tuned model from model.pt (``blob``: its contents, if already loaded): the
-    original backbone (its fingerprint checked), the trained tensors put back, the head.
-    Returns (model in eval mode, the head's metadata)."""
-    blob = checkpoint.load_file(path, "model checkpoint") if blob is None else blob
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: not a cifar_tl model checkpoint (no '{MODEL_FORMAT}' format tag)")
-    if blob.get("format_version") != MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: model checkpoint format {blob.get('format_version')!r} is not "
-                              f"{MODEL_FORMAT_VERSION}; use the cifar_tl that wrote it")
-    head_blob = blob.get("head")
-    if not (isinstance(head_blob, dict) and isinstance(blob.get("state_dict"), dict)
-            and checkpoint.checksum_ok(blob) and checkpoint.checksum_ok(head_blob)):
-        raise CheckpointError(f"{path}: damaged: its weights or metadata do not match their checksum")
-    cfg = head_blob["config"]
-    backbone = build_backbone(head_blob["backbone"], head_blob["weights"], cfg.get("seed", 0))
-    expected = head_blob.get("backbone_fingerprint")
-    if expected and checkpoint.backbone_fingerprint(backbone) != expected:
-        raise CheckpointError(f"{path}: the {head_blob['backbone']} backbone rebuilt here is not the one "
-                              "it was fine-tuned from (other weights or torch version)")
-    missing = set(blob["state_dict"]) - set(backbone.state_dict())
-    if missing:
-        raise CheckpointError(f"{path}: tensors for layers {head_blob['backbone']} does not have: {sorted(missing)[:3]}")
-    backbone.load_state_dict(blob["state_dict"], strict=False)
-    head, meta = checkpoint.load_head(path, blob=head_blob)
-    meta.update(unfrozen=blob["unfrozen"], bn_train=blob["bn_train"])
-    return TransferModel(backbone, head).to(device).eval(), meta

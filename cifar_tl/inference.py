@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 
 import torch
@@ -9,11 +11,13 @@ import torchvision
 
 from . import checkpoint, data, engine, features, finetune
 from .config import Config, resolve_device
-from .errors import CheckpointError, CifarTLError, ConfigError
+from .errors import CheckpointError, CifarTLError, ConfigError, DataError
 from .features import FeatureLoader
-from .models import TransferModel, build_backbone, check_backbone
+from .models import TransferModel, build_backbone, check_backbone, normalization
 
-__all__ = ["evaluate_checkpoint", "iter_predictions", "load_model", "predict_files"]
+__all__ = ["evaluate_checkpoint", "iter_predictions", "load_model", "match_classes", "predict_files"]
+
+log = logging.getLogger(__name__)
 
 
 def load_model(path: str | Path, device="cpu", weights=None, blob=None) -> tuple[TransferModel, dict]:
@@ -84,14 +88,11 @@ def evaluate_checkpoint(path: str | Path, profile: Config | None = None, **overr
     """
     blob = checkpoint.load_file(path)
     fine_tuned = _fine_tuned(blob)
-    cfg = evaluate_config(path, blob["head"] if fine_tuned else checkpoint.read_checkpoint(path, blob),
-                          profile, **overrides)
+    cfg = evaluate_config(path, finetune.read_model(path, blob)["head"] if fine_tuned
+                          else checkpoint.read_checkpoint(path, blob), profile, **overrides)
     device = resolve_device(cfg.device)
     model, meta = load_model(path, device, blob=blob)
-    test_ds = data.build_source(cfg, train=False)
-    if len(test_ds.classes) != meta["num_classes"]:
-        raise CheckpointError(f"{path} does not fit this data: num_classes: checkpoint has "
-                              f"{meta['num_classes']}, {cfg.source} has {len(test_ds.classes)}")
+    test_ds, evaluated = match_classes(path, data.build_source(cfg, train=False), meta["class_names"], cfg.source)
     if fine_tuned:  # its backbone is no longer the frozen one: images through the whole model
         ev = finetune.evaluate_dataset(model, test_ds, cfg, device)
     else:
@@ -99,7 +100,33 @@ def evaluate_checkpoint(path: str | Path, profile: Config | None = None, **overr
                                                      features.VIEWS_TEST, use_cache=cfg.cache)
         ev = engine.evaluate(model.head, FeatureLoader(feats, targets, 256, train=False, device=device),
                              device, cfg.progress)
-    return {"test_accuracy": ev.accuracy, "test_top5": ev.top5, "n_test": ev.n, "source": cfg.source}
+    return {"test_accuracy": ev.accuracy, "test_top5": ev.top5, "n_test": ev.n, "source": cfg.source,
+            "classes": {"evaluated": evaluated, "known": meta["num_classes"]}}
+
+
+def match_classes(path, test_ds, names: list[str], source: str = "the test split"):
+    """(the test split with its labels renumbered to the head's classes ``names``, matched by name
+    as training matches its splits; the number of classes it holds). A class the head does not
+    know is refused (DataError naming it); a subset of the head's classes is evaluated, with a
+    notice."""
+    own = list(test_ds.classes)
+    present = sorted({int(t) for t in test_ds.targets})
+    index = {c: i for i, c in enumerate(names)}
+    unknown = [own[t] for t in present if own[t] not in index]
+    if unknown:
+        raise DataError(f"{path} does not know {len(unknown)} class(es) of {source}: "
+                        f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''} (its "
+                        f"{len(names)} classes: {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}); "
+                        "evaluate on images of its classes only (matched by folder name)")
+    if len(present) < len(names):
+        log.info("evaluating on %d of the %d classes %s knows (matched by name): accuracy over those "
+                 "classes, the head still chooses among all %d", len(present), len(names), path, len(names))
+    if own == list(names):
+        return test_ds, len(present)
+    renamed = copy.copy(test_ds)  # the source itself is not changed
+    renamed.targets = [index[own[int(t)]] for t in test_ds.targets]
+    renamed.classes, renamed.class_to_idx = list(names), index
+    return renamed, len(present)
 
 
 def predict_files(path: str | Path, files, device="cpu", k: int = 5) -> list:
@@ -116,7 +143,7 @@ def iter_predictions(path: str | Path, files, device="cpu", k: int = 5):
     if isinstance(files, (str, Path)):
         files = [files]
     model, meta = load_model(path, resolve_device(device))
-    transform = data.eval_transform(meta["image_size"])
+    transform = data.eval_transform(meta["image_size"], *normalization(meta["backbone"]))
     names = meta["class_names"]
     on = next(model.parameters()).device
     for f in files:

@@ -14,7 +14,7 @@ from . import checkpoint, data, engine, engines, features, finetune, runs, stora
 from .config import Config, epoch_seed, resolve_device
 from .errors import CifarTLError, ConfigError, DataError, Interrupted, OutOfMemory, one_line
 from .features import FeatureLoader
-from .models import MLPHead, TransferModel, build_backbone, count_parameters
+from .models import MLPHead, TransferModel, build_backbone, count_parameters, normalization
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,8 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
         r.model.head.standardizer.fit_stats(r.stats_source)
     if cfg.unfreeze:
         finetune.unfreeze(r.model.backbone, cfg.unfreeze, cfg.bn_train)
-        batches = finetune.ImageBatches(r.train_ds, cfg.image_size, cfg.batch_size, r.device, True, cfg.seed)
+        batches = finetune.ImageBatches(r.train_ds, cfg.image_size, cfg.batch_size, r.device, True, cfg.seed,
+                                        *normalization(cfg.backbone))
         result = engine.lr_find(r.model, batches, r.device, optimizer_fn=lambda ps, lr: torch.optim.AdamW(
             ps, lr=lr, weight_decay=cfg.weight_decay))
     else:

@@ -22,7 +22,7 @@ from . import data, engine, viz
 from .errors import ImageError
 from .features import FeatureLoader, FeatureStore
 from .kernel import _batch_runner, _decide, _figure, _saved_note, _show_in, in_colab, is_interactive  # noqa: F401
-from .models import MLPHead
+from .models import MLPHead, normalization
 
 
 # --------------------------------------------------------------------------- dataset browser
@@ -107,7 +107,9 @@ def top_k(model, image, image_size: int, device="cpu", k: int = 5):
         image = data.open_image(image)
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    x = data.eval_transform(image_size)(data.to_rgb(image))[None]
+    name = getattr(getattr(model, "backbone", None), "name", None)
+    norm = normalization(name) if name else (data.IMAGENET_MEAN, data.IMAGENET_STD)
+    x = data.eval_transform(image_size, *norm)(data.to_rgb(image))[None]
     probs, idx = engine.predict(model, x, device, k)
     return probs[0], idx[0]
 

@@ -10,8 +10,10 @@ from torch import nn
 from torchvision import models as tvm
 
 from cifar_tl import backbones, models
-from cifar_tl.errors import ConfigError, UnknownBackbone
+from cifar_tl.errors import CheckpointError, ConfigError, UnknownBackbone
 from cifar_tl.models import build_backbone
+
+from .conftest import cli_in_process
 
 # One (small) member of each family in torchvision's registry, run for real with random weights.
 FAMILIES = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
@@ -97,19 +99,56 @@ def test_the_other_old_backbones_keep_their_width_and_features(name, width, one_
     assert backbones.imagenet_weights(name).name == "IMAGENET1K_V1"
 
 
-def test_imagenet_weights_load_offline_from_the_torch_hub_cache(tmp_path, monkeypatch, one_thread):
-    """torchvision's real loading path, with a state dict placed where it looks for the file
-    (the hash in the file name is only checked on download)."""
+def _hub_file(tmp_path, monkeypatch, seed=7):
+    """A resnet18 state dict placed where torchvision looks for its ImageNet weights."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
+        torch.manual_seed(seed)
         ref = tvm.resnet18(weights=None)
     path = backbones.weights_file("resnet18")
     assert str(path).startswith(str(tmp_path))
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ref.state_dict(), path)
+    return path, ref
+
+
+def test_imagenet_weights_load_offline_from_the_torch_hub_cache(tmp_path, monkeypatch, one_thread):
+    """torchvision's real loading path, with a state dict placed where it looks for the file; its
+    sha256 made to look genuine (the real file cannot be made offline), hashed once per file."""
+    path, ref = _hub_file(tmp_path, monkeypatch)
+    prefix = path.name.split("-")[1].split(".")[0]
+    hashed = []
+    monkeypatch.setattr(backbones, "weights_digest", lambda p: hashed.append(p) or prefix + "0" * 56)
     bb = build_backbone("resnet18", "imagenet")
-    assert torch.equal(bb.conv1.weight, ref.conv1.weight)
+    assert torch.equal(bb.conv1.weight, ref.conv1.weight) and hashed == [path]
+
+
+@pytest.mark.parametrize("damage", ["another state dict", "truncated"])
+def test_imagenet_weights_that_are_not_torchvisions_are_refused(tmp_path, monkeypatch, capsys, one_thread, damage):
+    """Another resnet18 state dict (valid, other values) under the weights' file name, or a cut
+    copy: its sha256 does not start with the digits in the name (torch.hub's check_hash rule)."""
+    path, _ = _hub_file(tmp_path, monkeypatch)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    code, out, err = cli_in_process(capsys, "run", "--profile", "smoke", "--backbone", "resnet18", "--weights",
+                                    "imagenet", "--image-size", "32", "--train-size", "100", "--test-size", "100",
+                                    "--quiet", "--out", tmp_path / "run", "--data-root", tmp_path / "data")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: {path}: damaged or replaced: its sha256 starts ") and "download" in err[0], err
+
+
+def test_the_weights_hash_check_accepts_a_file_whose_name_carries_its_hash(tmp_path):
+    """The same check with real hashing, on a file named as torchvision names its weights."""
+    import hashlib
+
+    data = b"weights" * 1000
+    good = tmp_path / f"w-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    good.write_bytes(data)
+    backbones.check_weights_hash(good)
+    bad = tmp_path / "w-00000000.pth"
+    bad.write_bytes(data)
+    with pytest.raises(CheckpointError, match="damaged or replaced"):
+        backbones.check_weights_hash(bad)
 
 
 def test_near_miss_name_suggests_the_closest_and_names_the_default():

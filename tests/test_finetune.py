@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_tl import data, engine, finetune
+from cifar_tl import checkpoint, data, engine, finetune
 from cifar_tl.errors import CheckpointError, ConfigError
 from cifar_tl.models import TransferModel
 
@@ -146,11 +146,17 @@ def test_lr_finder_suggests_a_rate_inside_the_known_good_range():
     assert 30 <= results[0] / results[1] <= 300
 
 
-def test_model_checkpoint_round_trip_and_damage(setup, tmp_path):
+@pytest.mark.parametrize("bn_train", [False, True])
+def test_model_checkpoint_round_trip_and_damage(setup, tmp_path, bn_train):
+    """With --bn-train the unfrozen stages' BatchNorm statistics move: model.pt must hold them."""
     cfg, model, train_ds, test_ds = setup
-    finetune.unfreeze(model.backbone, 1)
+    fingerprint = checkpoint.backbone_fingerprint(model.backbone)
+    finetune.unfreeze(model.backbone, 1, bn_train)
+    stats = model.backbone.layer4[0].bn1.running_mean.clone()
     finetune.fine_tune(model, train_ds, test_ds, cfg, "cpu", epochs=1)
-    path = finetune.save_model(tmp_path / "model.pt", model, config=cfg, class_names=train_ds.classes)
+    assert bn_train != torch.equal(stats, model.backbone.layer4[0].bn1.running_mean)
+    path = finetune.save_model(tmp_path / "model.pt", model, config=cfg, class_names=train_ds.classes,
+                               backbone_fingerprint=fingerprint)
     loaded, meta = finetune.load_model_checkpoint(path)
     assert (finetune.evaluate_dataset(loaded, test_ds, cfg, "cpu").preds.tolist()
             == finetune.evaluate_dataset(model, test_ds, cfg, "cpu").preds.tolist())
