@@ -10,78 +10,19 @@ the choice; ``notebooks/conftest.py`` sets ``static`` for nbval.
 from __future__ import annotations
 
 import datetime
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision import transforms as T
 
 from . import data, engine, viz
 from .errors import ImageError
-from .features import FeatureLoader
+from .features import FeatureLoader, FeatureStore
+from .kernel import _batch_runner, _decide, _figure, _saved_note, _show_in, in_colab, is_interactive  # noqa: F401
 from .models import MLPHead
-
-BATCH_RUNNERS = ("pytest", "papermill", "nbconvert", "nbclient", "nbval")
-
-
-def _parent_command() -> list[str]:
-    """The command line of the process that started this kernel ([] where it cannot be read)."""
-    try:
-        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
-    except OSError:  # not Linux: rely on CIFAR_TL_WIDGETS
-        return []
-    return raw.decode(errors="replace").split("\0")
-
-
-def _batch_runner(argv: list[str]) -> bool:
-    """Whether a command line runs a batch runner: ``pytest``, ``python -m papermill``, ``jupyter-nbconvert``...
-
-    Only the program (or the module after ``-m``) counts, never its arguments.
-    """
-    if not argv:
-        return False
-    prog = argv[0]
-    if Path(prog).name.lower().startswith("python") and len(argv) > 1:
-        prog = argv[2] if argv[1] == "-m" and len(argv) > 2 else argv[1]
-    return Path(prog).name.lower().removeprefix("jupyter-").startswith(BATCH_RUNNERS)
-
-
-def is_interactive() -> bool:
-    """True when a widget can be shown to a person: a live Jupyter kernel, ipywidgets, no batch runner."""
-    mode = os.environ.get("CIFAR_TL_WIDGETS", "auto").strip().lower()
-    if mode in ("0", "off", "false", "static", "no"):
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":  # terminal IPython, scripts
-        return False
-    if mode in ("1", "on", "true", "interactive", "yes"):
-        return True
-    return not _batch_runner(_parent_command())
-
-
-def _decide(interactive: bool | None) -> bool:
-    return is_interactive() if interactive is None else bool(interactive)
-
-
-def _figure(figsize):
-    """A Figure outside pyplot: displayed once when returned, never again by the inline backend."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize)
-
-
-def _show_in(out, fig) -> None:
-    from IPython.display import clear_output, display
-
-    with out:
-        clear_output(wait=True)
-        display(fig)
 
 
 # --------------------------------------------------------------------------- dataset browser
@@ -127,6 +68,7 @@ def dataset_browser(ds, transform=None, n_static: int = 8, interactive: bool | N
         fig.suptitle(f"the first {n_static} of {len(ds)} samples (static view of the browser)", fontsize=9)
         fig.tight_layout()
         return fig
+    _saved_note()
     import ipywidgets as W
 
     targets = np.asarray(ds.targets)
@@ -211,15 +153,31 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
     def chart(image, title, fig=None):
         probs, idx = top_k(model, image, image_size, device)
         shown = data.open_image(image) if isinstance(image, (str, Path)) else image
-        return draw_prediction(shown, probs, idx, class_names, title, fig)
+        shown = Image.fromarray(shown) if isinstance(shown, np.ndarray) else shown
+        shown = T.Compose(data.eval_transform(image_size).transforms[:2])(shown)  # resized, centre-cropped: what the model sees
+        return draw_prediction(shown, probs, idx, class_names, f"{title} (the centre crop the model sees)", fig)
 
+    if in_colab() and interactive is not False:  # FileUpload drops files over ~1 MB there (ipywidgets #3452)
+        from google.colab import files
+
+        print("choose a photo with Colab's own upload (Cancel: the example)")
+        name, content = next(iter((files.upload() or {None: None}).items()))
+        if name is None:
+            return chart(example, "example") if example is not None else None
+        try:
+            return chart(_open_upload(upload_bytes_value(name, content))[1], name)
+        except ImageError as e:
+            print(f"cannot use this file: {e}")
+            return None
     if not _decide(interactive):
         if example is None:
             raise ValueError("a static upload_predictor needs an example image")
         return chart(example, "example (static view)")
     import ipywidgets as W
 
-    upload = W.FileUpload(accept="image/*", multiple=False, description="your image")
+    _saved_note()
+    upload = W.FileUpload(accept="image/*", multiple=False, description="your image",
+                          tooltip="choose a photo: the model sees its centre crop")
     out, fig = W.Output(), _figure((7.5, 2.8))
     if example is not None:
         _show_in(out, chart(example, "example", fig))
@@ -249,18 +207,20 @@ def train_head(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 1e-
                standardize: bool = False, on_epoch_end=None):
     """Train a fresh MLP head on cached features in seconds. Returns (head, history).
 
-    ``train`` and ``val`` are (features [N,V,D], targets [N]) from ``features.cached_features``:
+    ``train`` and ``val`` are (features [N,V,D], targets [N]) from ``features.cached_features``
+    (``train`` may be a ``FeatureStore``: the views an epoch samples are then extracted when missing):
     the history's ``val_accuracy`` is what a choice of head is judged on (never the test split).
     ``standardize``: put a ``Standardize`` layer first (``Config.standardizes()``: a random backbone).
     """
-    (tr_f, tr_y), (va_f, va_y) = train, val
+    store = train if isinstance(train, FeatureStore) else None
+    (tr_f, tr_y), (va_f, va_y) = (store.features, store.targets) if store else train, val
     torch.manual_seed(seed)
     num_classes = num_classes or int(max(tr_y.max(), va_y.max())) + 1
     head = MLPHead(tr_f.shape[-1], num_classes, hidden=(hidden,) * depth, standardize=standardize)
-    if head.standardizer is not None:
-        head.standardizer.fit_stats(tr_f)
+    if head.standardizer is not None:  # from the views extracted so far (a store holds NaN for the others)
+        head.standardizer.fit_stats(tr_f[store.present] if store else tr_f)
     history = engine.fit(
-        head, FeatureLoader(tr_f, tr_y, batch_size, train=True, seed=seed, device=device),
+        head, FeatureLoader(tr_f, tr_y, batch_size, train=True, seed=seed, device=device, store=store),
         FeatureLoader(va_f, va_y, 512, train=False, device=device),
         epochs=epochs, lr=lr, device=device, seed=seed, progress=False, on_epoch_end=on_epoch_end)
     return head, history
@@ -293,11 +253,18 @@ def head_explorer(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 
     w_lr = W.FloatLogSlider(lr, base=10, min=-5, max=-1, description="lr", readout_format=".0e")
     w_epochs = W.IntSlider(epochs, 1, 50, description="epochs")
     button, out = W.Button(description="Train", button_style="primary"), W.Output()
+    shown: dict = {}  # the curve on screen, to mark stale when a control changes
+
+    def stale(*_):
+        live = shown.get("live")
+        if live is not None and not live.title.startswith("stale"):
+            live.title = "stale: the controls changed, press Train. Was: " + live.title
+            _show_in(out, live.figure())
 
     def run(*_):
         button.disabled = True
         try:
-            live = viz.LiveHistory(w_epochs.value)
+            live = shown["live"] = viz.LiveHistory(w_epochs.value)
 
             def redraw(row, *_):
                 live.history.append(row)
@@ -311,6 +278,9 @@ def head_explorer(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 
             button.disabled = False
 
     button.on_click(run)
+    for w in (w_hidden, w_depth, w_lr, w_epochs):
+        w.observe(stale, "value")
+    _saved_note()
     with out:
         print("choose the head's shape and press Train")
     return W.VBox([W.HBox([w_hidden, w_depth]), W.HBox([w_lr, w_epochs]), button, out])
@@ -322,5 +292,5 @@ def upload_bytes_value(name: str, content: bytes) -> tuple[dict, ...]:
              "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
 
 
-__all__ = ["dataset_browser", "draw_prediction", "draw_sample", "head_explorer", "is_interactive",
+__all__ = ["dataset_browser", "draw_prediction", "draw_sample", "head_explorer", "in_colab", "is_interactive",
            "raw_image", "top_k", "train_head", "upload_bytes_value", "upload_predictor"]

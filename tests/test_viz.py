@@ -148,12 +148,44 @@ def test_head_explorer_static_trains_once_and_interactive_trains_on_click():
     y = torch.arange(64) % 4
     feats = torch.randn(64, 2, 16) + 3 * torch.nn.functional.one_hot(y, 16).float()[:, None]
     fig = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=1, epochs=3, interactive=False)
-    assert isinstance(fig, Figure) and "test accuracy" in fig.axes[0].get_title()
+    assert isinstance(fig, Figure) and "validation accuracy" in fig.axes[0].get_title()
     head, history = widgets.train_head((feats, y), (feats, y), hidden=16, depth=1, epochs=5, lr=1e-2, batch_size=8)
-    assert len(history) == 5 and history[-1]["test_accuracy"] > 0.9
+    assert len(history) == 5 and history[-1]["val_accuracy"] > 0.9
     box = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=0, epochs=2, interactive=True)
     box.children[2].click()
     assert not box.children[2].disabled
+
+
+def test_head_explorer_marks_its_curve_stale_when_a_control_changes(monkeypatch):
+    titles = []
+    monkeypatch.setattr(widgets, "_show_in", lambda out, fig: titles.append(fig.axes[0].get_title()))
+    y = torch.arange(32) % 4
+    feats = torch.randn(32, 2, 8)
+    box = widgets.head_explorer((feats, y), (feats, y), hidden=16, depth=1, epochs=2, interactive=True)
+    (w_hidden, _), (w_lr, _) = box.children[0].children, box.children[1].children
+    w_hidden.value = 32  # no curve yet: nothing to mark
+    assert titles == []
+    box.children[2].click()
+    assert len(titles) == 2 and titles[-1].startswith("head D-32-C")
+    w_lr.value = 1e-2
+    assert titles[-1].startswith("stale") and "D-32-C, lr 0.001" in titles[-1]  # the old setup, said to be old
+    w_hidden.value = 64
+    assert len(titles) == 3  # marked once
+
+
+def test_train_head_on_a_store_extracts_the_views_its_epochs_sample(tiny_cfg):
+    from cifar_tl import data, features
+
+    train_ds = data.build_datasets(tiny_cfg).train
+    backbone = models.build_backbone("resnet18", None, seed=0)
+    store = features.FeatureStore(tiny_cfg, train_ds, backbone, "cpu", features.VIEWS_TRAIN, use_cache=False)
+    store.ensure(features.plan_views(len(train_ds), tiny_cfg.seed, 1))  # one epoch's views: half of them
+    before = int(store.present.sum())
+    assert before < store.present.numel()
+    val = (store.features[:8].nan_to_num(), store.targets[:8])
+    _, history = widgets.train_head(store, val, hidden=16, depth=1, epochs=3, batch_size=32,
+                                    seed=tiny_cfg.seed, num_classes=100, standardize=True)
+    assert store.present.sum() > before and all(np.isfinite(r["train_loss"]) for r in history)
 
 
 @pytest.mark.parametrize("argv, batch", [
@@ -265,3 +297,31 @@ def test_timings_stack_the_parts_of_one_path():
     assert len(bars) == 3 and {t.get_text() for t in ax.texts} == {" 10.0 s", " 4.0 s"}
     extract, head = bars[1], bars[2]
     assert extract.get_y() == head.get_y() and head.get_x() == extract.get_width()  # one bar, stacked
+
+
+def test_upload_in_colab_uses_colabs_own_upload(ds, tiny_model, monkeypatch, capsys):
+    """Colab drops FileUpload files of about 1 MB (ipywidgets #3452): there the chart comes from
+    google.colab.files.upload, faked here as the install cell's test fakes Colab."""
+    import sys
+    import types
+
+    answers = [{"my cat.png": _png(ds.data[0])}, {}, {"notes.txt": b"not an image"}]
+    colab = types.ModuleType("google.colab")
+    colab.files = types.SimpleNamespace(upload=lambda: answers.pop(0))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert widgets.in_colab()
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1])
+    assert isinstance(fig, Figure) and "my cat.png" in fig.axes[0].get_title()
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1])  # Cancel: the example
+    assert isinstance(fig, Figure) and "example" in fig.axes[0].get_title()
+    assert widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1]) is None
+    assert "cannot use this file: notes.txt" in capsys.readouterr().out
+    static = widgets.upload_predictor(tiny_model, ds.classes, 32, example=ds.data[1], interactive=False)
+    assert "static" in static.axes[0].get_title() and answers == []  # no upload asked for
+
+
+def test_uploaded_photo_is_shown_as_the_centre_crop_the_model_sees(ds, tiny_model):
+    wide = Image.fromarray(ds.data[0]).resize((96, 32))
+    fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=wide, interactive=False)
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.shape[:2] == (32, 32) and "centre crop" in fig.axes[0].get_title()
