@@ -153,10 +153,13 @@ def _left_out(ns, left_out):
     truth = n - len(make_loader(ns["train_ds"], 32, train=True)) * 32
     if left_out == truth:
         return f"{left_out} images sit out each epoch (a different {left_out} each time)"
+    mistakes = []  # one value can match two mistakes (900 images: 28 batches, and 28 more would fill one)
     if left_out == n // 32:
-        raise Wrong(f"{left_out} is the number of whole batches, not of images left over")
+        mistakes.append(f"{left_out} is the number of whole batches, not of images left over")
     if left_out == 32 - truth:
-        raise Wrong(f"{left_out} more images would fill one more batch; how many are left over?")
+        mistakes.append(f"{left_out} more images would fill one more batch; how many are left over?")
+    if mistakes:
+        raise Wrong("; or: ".join(mistakes))
     raise Wrong(f"building the loader and counting says otherwise: {n} images, batches of 32, whole batches only")
 
 

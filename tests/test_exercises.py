@@ -162,3 +162,8 @@ def test_notebooks_answer_cells_are_the_checks_recipes():
 
     assert TRAIN_HEAD_CELL.strip().split("\n\n\n")[1] in source("05_training.ipynb")
     assert ACCURACY_OF_CELL.strip().split("\n\n\n")[1] in source("08_faster_cached_features.ipynb")
+
+
+def test_a_value_that_matches_two_mistakes_names_both():
+    # 900 training images (the smoke profile): 28 whole batches of 32, and 28 more would fill a 29th
+    exercises.verify("02.1", {"train_ds": list(range(900))})
