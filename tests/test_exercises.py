@@ -167,3 +167,14 @@ def test_notebooks_answer_cells_are_the_checks_recipes():
 def test_a_value_that_matches_two_mistakes_names_both():
     # 900 training images (the smoke profile): 28 whole batches of 32, and 28 more would fill a 29th
     exercises.verify("02.1", {"train_ds": list(range(900))})
+
+
+def test_check_and_solution_read_the_calling_cells_variables(state, capsys):
+    ns = {"fast_rate": 90.0, "tutorial_rate": 30.0, "my_speedup": 3.0}
+    exec('from cifar_tl import exercises\nexercises.check("00.1", my_speedup)', ns)  # as a notebook cell runs
+    assert capsys.readouterr().out.startswith("right: the batched path is 3.0x faster")
+    ns["my_speedup"] = ...
+    exec('exercises.solution("00.1")', ns)
+    out = capsys.readouterr().out
+    assert "my_speedup = fast_rate / tutorial_rate" in out and "3.0" in out
+    assert ns["my_speedup"] is ..., "the solution ran on a copy"
