@@ -65,7 +65,8 @@ def plot_confusion(cm: np.ndarray, labels=None, ax=None, normalize: bool = True)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("share of the true class's images" if normalize else "images")
     return ax
 
 

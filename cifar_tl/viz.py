@@ -22,7 +22,8 @@ def smoke_note(cfg):
     In a notebook, make it a cell's last expression: it shows as a highlighted box (Markdown).
     """
     what = [w for w, on in (("synthetic images", cfg.source == "synthetic"),
-                            ("a randomly initialised backbone", cfg.weights is None)) if on]
+                            ("a randomly initialised backbone", cfg.weights is None),
+                            ("a backbone pretrained on generated images", cfg.weights == "synthetic")) if on]
     if not what:
         return None
     from IPython.display import Markdown
@@ -30,7 +31,8 @@ def smoke_note(cfg):
     return Markdown(f"> ⚠️ **Profile `{cfg.profile}`: {' and '.join(what)}.** The numbers in this notebook "
                     "show that the code runs and learns; they say nothing about CIFAR-100 or about what "
                     "ImageNet features achieve. For real figures, set `profile = \"cpu\"` or `\"full\"` "
-                    "in the parameters cell (the README's results table lists measured runs).")
+                    "in the parameters cell. No CIFAR-100 accuracy has been measured for this project yet; "
+                    "the README's Results table lists what has been (smoke runs, speeds).")
 
 
 
@@ -124,7 +126,8 @@ def plot_pixel_histogram(x, ax=None, title: str | None = None, bins: int = 50):
 
 
 def show_feature_maps(fmap, n: int = 8, title: str | None = None, size: float = 1.3):
-    """The first n channels of one feature map [C,H,W] (or [1,C,H,W]), each scaled to its range.
+    """The first n channels of one feature map [C,H,W] (or [1,C,H,W]) on one shared colour scale,
+    with a colour bar: a channel that is flat shows flat, not stretched into structure.
 
     Returns the figure.
     """
@@ -133,20 +136,25 @@ def show_feature_maps(fmap, n: int = 8, title: str | None = None, size: float = 
     fmap = fmap.detach().float().cpu() if isinstance(fmap, torch.Tensor) else torch.as_tensor(fmap)
     fmap = fmap[0] if fmap.ndim == 4 else fmap
     n = min(n, fmap.shape[0])
-    fig, axes = plt.subplots(1, n, figsize=(n * size, size * 1.25), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(n * size + 0.8, size * 1.25), squeeze=False)
+    lo, hi = float(fmap[:n].min()), float(fmap[:n].max())
     for c, ax in enumerate(axes[0]):
-        ax.imshow(fmap[c].numpy(), cmap="viridis")
+        im = ax.imshow(fmap[c].numpy(), cmap="viridis", vmin=lo, vmax=hi)
         ax.set_axis_off()
         ax.set_title(f"ch {c}", fontsize=7)
     c, h, w = fmap.shape
     fig.suptitle(title or f"{c} channels of {h}x{w}", fontsize=9)
     fig.tight_layout()
+    bar = fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
+    bar.set_label("activation (one scale)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     return fig
 
 
 def plot_embedding(points, labels, names=None, ax=None, title: str | None = None,
                    axis_labels=("component 1", "component 2")):
-    """A 2-D scatter (e.g. a PCA of features), one colour per label (up to 20 distinct). Returns the axes."""
+    """A 2-D scatter (e.g. a PCA of features), one colour and marker per label: tab20's paired
+    shades get different markers, so 20 groups can be told apart. Returns the axes."""
     points = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
     labels = np.asarray(labels)
     fonts.notice_if_missing(list(names) if names is not None else None)
@@ -154,8 +162,8 @@ def plot_embedding(points, labels, names=None, ax=None, title: str | None = None
     cmap = __import__("matplotlib").colormaps["tab20"]
     for k in np.unique(labels):
         sel = labels == k
-        ax.scatter(points[sel, 0], points[sel, 1], s=8, color=cmap(int(k) % 20),
-                   label=names[k] if names is not None else str(k))
+        ax.scatter(points[sel, 0], points[sel, 1], s=10, color=cmap(int(k) % 20), marker="os^D"[int(k) % 4],
+                   alpha=0.8, label=names[k] if names is not None else str(k))
     if len(np.unique(labels)) <= 20:
         ax.legend(fontsize=8, markerscale=2, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5),
                   frameon=False, handletextpad=0.2)

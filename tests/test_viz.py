@@ -265,8 +265,11 @@ def test_without_a_cjk_font_one_notice_instead_of_a_warning_per_glyph(monkeypatc
 def test_smoke_note_only_for_synthetic_data_or_a_random_backbone():
     from cifar_tl import Config
 
-    note = viz.smoke_note(Config.for_profile("smoke"))
-    assert "synthetic images" in note.data and "random" in note.data and "CIFAR-100" in note.data
+    smoke = Config.for_profile("smoke")
+    note = viz.smoke_note(smoke)
+    assert "synthetic images" in note.data and "CIFAR-100" in note.data
+    assert ("random" in note.data) == (smoke.weights is None) and ("pretrained" in note.data) == (smoke.weights == "synthetic")
+    assert "Results table" in note.data  # it points to what exists
     assert viz.smoke_note(Config.for_profile("cpu")) is None
 
 
