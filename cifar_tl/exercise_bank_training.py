@@ -16,9 +16,9 @@ TRAIN_HEAD_CELL = """from cifar_tl import widgets
 
 
 def train_head(lr, epochs=5):
-    \"\"\"A fresh head (the same seed each time) trained on the cached training features; returns its
-    history, one row per epoch, judged on the validation split.\"\"\"
-    _, history = widgets.train_head((train_f, train_y), (val_f, val_y), hidden=cfg.hidden[0], depth=len(cfg.hidden),
+    \"\"\"A fresh head (the same seed each time) trained on the cached training features (the store
+    extracts the views it samples); returns its history, one row per epoch, judged on validation.\"\"\"
+    _, history = widgets.train_head(store, (val_f, val_y), hidden=cfg.hidden[0], depth=len(cfg.hidden),
                                     lr=lr, epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
                                     num_classes=len(train_ds.classes), standardize=cfg.standardizes())
     return history
@@ -30,7 +30,7 @@ ACCURACY_OF_CELL = """from cifar_tl import widgets
 def accuracy_of(design):
     \"\"\"The validation accuracy of a fresh head of this design, (hidden, depth, lr, epochs).\"\"\"
     hidden, depth, lr, n_epochs = design
-    _, history = widgets.train_head((train_f, train_y), (val_f, val_y), hidden=hidden, depth=depth, lr=lr,
+    _, history = widgets.train_head(store, (val_f, val_y), hidden=hidden, depth=depth, lr=lr,
                                     epochs=n_epochs, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
                                     num_classes=len(train_ds.classes), standardize=cfg.standardizes())
     return history[-1]["val_accuracy"]
@@ -41,15 +41,17 @@ _RUNS: dict[tuple, tuple] = {}  # trained heads, by (features, design): a check 
 
 def head_run(ns: dict, hidden: int, depth: int, lr: float, epochs: int) -> tuple[list[dict], float | None]:
     """(history, test accuracy or None) of a fresh head trained on the notebook's cached training
-    features and judged on its validation features, the recipe of ``widgets.train_head``."""
+    features (its ``store`` where it has one) and judged on its validation features, the recipe of
+    ``widgets.train_head``."""
     from . import engine, features, widgets
 
     cfg = ns["cfg"]
     test = (ns["test_f"], ns["test_y"]) if "test_f" in ns and "test_y" in ns else None
-    key = (id(ns["train_f"]), id(ns["val_f"]), id(test and test[0]), int(hidden), int(depth), float(lr), int(epochs))
+    train = ns["store"] if "store" in ns else (ns["train_f"], ns["train_y"])
+    key = (id(train if "store" in ns else ns["train_f"]), id(ns["val_f"]), id(test and test[0]), int(hidden), int(depth), float(lr), int(epochs))
     if key not in _RUNS:
         head, history = widgets.train_head(
-            (ns["train_f"], ns["train_y"]), (ns["val_f"], ns["val_y"]), hidden=int(hidden), depth=int(depth),
+            train, (ns["val_f"], ns["val_y"]), hidden=int(hidden), depth=int(depth),
             lr=float(lr), epochs=int(epochs), batch_size=cfg.batch_size, seed=cfg.seed, device=ns.get("device", "cpu"),
             num_classes=len(ns["train_ds"].classes), standardize=cfg.standardizes())
         tested = None if test is None else engine.evaluate(

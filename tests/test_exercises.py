@@ -74,6 +74,7 @@ def state(tmp_path_factory):
         logits=logits, example=example, image_path=None, folder=folder, folder_classes=3, images=images,
         labels_img=labels, folder_cfg=cfg.replace(source=f"folder:{folder}", train_size=None, test_size=None),
         epochs=3, base=models.TransferModel.from_config(cfg, num_classes=100), copy=copy, finetune=finetune,
+        store=(train_f, train_y),  # a FeatureStore in 05 and 08; widgets.train_head takes either
     )
     ns["labels"] = labels  # 07's photo labels (03's fine labels are only needed for nn_features)
     ns["transfer_model"] = model

@@ -251,7 +251,6 @@ def test_every_lesson_cell_is_in_english_and_chinese(path):
             assert has_chinese(source), f"{path.name} cell {i}: no Chinese block for {source[:120]!r}"
 
 
-@pytest.mark.xfail(reason="bilingual exercise prompts come with the exercises' own rework", strict=False)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_exercise_cell_is_in_english_and_chinese(path):
     for i, source in _markdown(path, exercises=True):
