@@ -55,8 +55,14 @@ def test_pixel_histogram_does_not_unnormalise():
 
 
 def test_feature_maps_shows_n_channels_of_a_batched_map():
-    fig = viz.show_feature_maps(torch.randn(1, 10, 5, 5), n=4)
-    assert len(fig.axes) == 4 and "10 channels of 5x5" in fig._suptitle.get_text()
+    fmap = torch.randn(1, 10, 5, 5)
+    fmap[0, 1] *= 100  # one loud channel: the others must look quiet beside it, not stretched to its range
+    fig = viz.show_feature_maps(fmap, n=4)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 4 and "10 channels of 5x5" in fig._suptitle.get_text()
+    assert len({im.get_clim() for im in images}) == 1, "one shared colour scale"
+    assert images[0].get_clim() == (float(fmap[0, :4].min()), float(fmap[0, :4].max()))
+    assert any("activation" in ax.get_ylabel() for ax in fig.axes), "a labelled colour bar"
 
 
 def test_embedding_colours_each_label_and_names_it():
