@@ -1,30 +1,106 @@
-"""Exercise checks for the notebooks: "not answered yet", "wrong: why", or "right".
+"""Exercises of the notebooks: a check that says "not answered yet", "wrong: <diagnosis>" or
+"right", and a solution shown only when asked for.
 
-An exercise cell leaves its answer as ``...``; the check cell below it calls :func:`check`, which
-never raises for an unanswered or a wrong answer, so "Run all" and ``pytest --nbval`` go on. The
-collapsed solution cell ends with ``assert check(...)``, so CI proves every solution right.
+A notebook's exercise is a prompt, a cell whose answer is still ``...``, and a check cell that is
+one call, ``exercises.check("05.1", accuracy_by_lr, best_lr)``: the expected values and the
+reference code live here (in :mod:`cifar_tl.exercise_bank_basics`,
+:mod:`cifar_tl.exercise_bank_training` and :mod:`cifar_tl.exercise_bank_beyond`), not in the notebook, so neither JupyterLab, Colab nor
+GitHub shows an answer before the student asks for it with ``exercises.solution("05.1")``.
+
+A check recomputes its truths from the notebook's state (the variables, the files written, the
+``requires_grad`` flags, accuracies trained again) and names the typical mistake it recognises.
+A solution is code text, printed, then run on a *copy* of the notebook's variables: it never
+rebinds the student's names, and it prints or plots the lesson rather than "right".
+
+With ``CIFAR_TL_EXERCISES=verify`` (set by notebooks/conftest.py for CI), every check also runs
+the exercise's solution (it must be right) and its known wrong answers (each must be wrong with
+its own diagnosis), and raises AssertionError otherwise; a student never sees this.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
+import io
+import os
+import sys
+import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["NOT_ANSWERED", "answered", "check"]
+__all__ = ["NOT_ANSWERED", "Exercise", "Verdict", "Wrong", "answered", "check", "solution", "verdict",
+           "verify"]
 
 NOT_ANSWERED = "not answered yet: replace the ... with your answer and run the cell again"
+VERIFY_ENV = "CIFAR_TL_EXERCISES"
+BANKS = {"00": "basics", "01": "basics", "02": "basics", "03": "basics", "04": "basics",
+         "05": "training", "06": "training", "07": "beyond", "08": "beyond", "09": "beyond"}
+
+
+class Wrong(Exception):
+    """Raised by an exercise's test with its diagnosis: what is wrong, and a hint (never the answer)."""
+
+
+@dataclass
+class Verdict:
+    status: str  # "not answered", "wrong" or "right"
+    message: str = ""
+
+    def __str__(self) -> str:
+        if self.status == "not answered":
+            return NOT_ANSWERED
+        return f"{self.status}{': ' + self.message if self.message else ''}"
+
+
+@dataclass
+class Exercise:
+    """One exercise. ``test(ns, *answers)`` returns the sentence said with "right" or raises
+    :class:`Wrong`; ``solution`` is notebook code that binds ``names`` and shows the lesson;
+    ``wrongs`` are (notebook code binding ``names``, a fragment its diagnosis must contain[, the
+    variables it needs, space-separated: it is skipped in a notebook without them])."""
+
+    key: str
+    names: tuple[str, ...]
+    test: Callable[..., str]
+    solution: str
+    wrongs: list[tuple[str, str, str]] = field(default_factory=list)
+    hint: str = ""  # said when the answer makes the check raise
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def register(key: str, names: str, solution: str, wrongs: list[tuple], hint: str = ""):
+    """Decorator for an exercise's test: ``@register("00.1", "my_speedup", SOLUTION, WRONGS)``."""
+
+    def wrap(test):
+        EXERCISES[key] = Exercise(key, tuple(names.split()), test, textwrap.dedent(solution).strip(),
+                                  [(textwrap.dedent(w[0]).strip(), w[1], w[2] if len(w) > 2 else "") for w in wrongs], hint)
+        return test
+
+    return wrap
+
+
+def exercise(key: str) -> Exercise:
+    notebook = key.split(".")[0]
+    if notebook in BANKS:
+        importlib.import_module(f"cifar_tl.exercise_bank_{BANKS[notebook]}")
+    if key not in EXERCISES:
+        raise KeyError(f"no exercise {key!r}: the keys are like '05.1' (notebook 05, exercise 1)")
+    return EXERCISES[key]
 
 
 def answered(answer: Any) -> bool:
     """Whether ``answer`` holds no ``...``: neither is it ``...`` nor does a tuple, list or dict of it
-    hold one (a function whose body is still ``...`` is caught by :func:`check`)."""
+    hold one (a function whose body is still ``...`` is caught by :func:`verdict`)."""
     if answer is Ellipsis:
         return False
     if isinstance(answer, (tuple, list)):
         return all(answered(a) for a in answer)
     if isinstance(answer, dict):
-        return all(answered(a) for a in answer.values())
+        return all(answered(a) for a in answer.keys()) and all(answered(a) for a in answer.values())
     return True
 
 
@@ -33,16 +109,12 @@ class _Blank(Exception):
 
 
 def _blank_aware(answer: Any) -> Any:
-    """``answer`` with each function the student wrote (alone or in a tuple or list; not a model,
-    which is callable too) raising _Blank where it returns ``...``: the test needs no special case."""
-    if isinstance(answer, (tuple, list)):
-        return type(answer)(_blank_aware(a) for a in answer)
+    """``answer`` with each function the student wrote raising _Blank where it returns ``...``."""
     if not inspect.isfunction(answer):
         return answer
-    function = answer
 
     def wrapped(*args, **kwargs):
-        result = function(*args, **kwargs)
+        result = answer(*args, **kwargs)
         if not answered(result):
             raise _Blank
         return result
@@ -50,42 +122,89 @@ def _blank_aware(answer: Any) -> Any:
     return wrapped
 
 
-def check(answer: Any, test: Callable[[Any], Any], why: str = "",
-          right: str | Callable[[Any], str] = "") -> bool | None:
-    """Check an exercise's answer and print one line about it.
-
-    Args:
-        answer: The student's value (``...`` while unanswered), or a function they wrote.
-        test: Called with ``answer``; returns a truthy value when it is right. A falsy result or an
-            exception means wrong. A function answer that returns ``...`` (its body not written
-            yet) counts as not answered; the test must call the function it is given.
-        why: What is wrong, said when the test fails (a hint, not the answer).
-        right: A sentence added to "right", or a function of the answer that returns one (so it
-            can quote a figure of an answer that may still be ``...``).
-
-    Returns:
-        None when not answered, False when wrong, True when right: ``assert check(...)`` in a
-        solution cell fails on anything but a right answer.
-    """
-    if not answered(answer):
-        print(NOT_ANSWERED)
-        return None
-    answer = _blank_aware(answer)
+def verdict(key: str, *answers: Any, ns: dict) -> Verdict:
+    """The check of exercise ``key`` on ``answers`` (in the order of its names), with the notebook's
+    variables ``ns``; never raises for an unanswered or a wrong answer."""
+    ex = exercise(key)
+    if len(answers) != len(ex.names):
+        return Verdict("wrong", f"the check takes {len(ex.names)} answer(s): {', '.join(ex.names)}")
+    if not all(answered(a) for a in answers):
+        return Verdict("not answered")
     try:
-        result = test(answer)
-        if not answered(result):
-            print(NOT_ANSWERED)
-            return None
-        ok = bool(result)
-        error = ""
+        said = ex.test(ns, *map(_blank_aware, answers))
     except _Blank:
-        print(NOT_ANSWERED)
-        return None
-    except Exception as e:  # the student's code may raise anything: say so, do not stop the notebook
-        ok, error = False, f" ({type(e).__name__}: {e})"
-    if not ok:
-        print(f"wrong: {why or 'the check does not hold'}{error}")
-        return False
-    said = right(answer) if callable(right) else right
-    print(f"right{': ' + said if said else ''}")
-    return True
+        return Verdict("not answered")
+    except Wrong as e:
+        return Verdict("wrong", str(e))
+    except Exception as e:  # the student's answer may make anything raise: say so, go on
+        return Verdict("wrong", f"{ex.hint + ' ' if ex.hint else ''}({type(e).__name__}: {e})".strip())
+    return Verdict("right", said or "")
+
+
+def _caller_globals(depth: int = 2) -> dict:
+    frame = inspect.currentframe()
+    for _ in range(depth):
+        frame = frame.f_back
+    return frame.f_globals
+
+
+def check(key: str, *answers: Any, ns: dict | None = None) -> None:
+    """Print the verdict on a student's answers to exercise ``key``; ``ns``: the notebook's
+    variables (default: the calling cell's globals). Returns None, so a cell shows no ``Out:``."""
+    ns = _caller_globals() if ns is None else ns
+    print(verdict(key, *answers, ns=ns))
+    if os.environ.get(VERIFY_ENV) == "verify":
+        verify(key, ns)
+
+
+def run_code(code: str, ns: dict) -> dict:
+    """Run notebook code on a shallow copy of ``ns`` (rebinding there never reaches ``ns``)."""
+    copy = dict(ns)
+    exec(compile(code, "<exercise>", "exec"), copy)  # noqa: S102 - the library's own code text
+    return copy
+
+
+def _answers_of(ex: Exercise, state: dict) -> tuple:
+    return tuple(state[name] for name in ex.names)
+
+
+def solution(key: str, ns: dict | None = None, show_code: bool = True) -> None:
+    """Print a solution of exercise ``key`` and run it on a copy of the notebook's variables: it
+    prints or plots the lesson; your own variables are left as they are."""
+    ns = _caller_globals() if ns is None else ns
+    ex = exercise(key)
+    if show_code:
+        print(f"# A solution of {key} · 参考答案 (run on a copy of your variables: yours are unchanged)")
+        print(ex.solution)
+        print("# ---- what it shows · 输出")
+    run_code(ex.solution, ns)
+
+
+def verify(key: str, ns: dict) -> None:
+    """Raise AssertionError unless the solution is right and every known wrong answer is wrong with
+    its own diagnosis, all on copies of ``ns`` (for CI and the tests)."""
+    ex = exercise(key)
+    with _quiet():
+        state = run_code(ex.solution, ns)
+        said = verdict(key, *_answers_of(ex, state), ns=state)
+    assert said.status == "right", f"{key}: the solution is not right: {said}"
+    for code, why, needs in ex.wrongs:
+        if not all(name in ns for name in needs.split()):
+            continue
+        with _quiet():
+            state = run_code(code, ns)
+            said = verdict(key, *_answers_of(ex, state), ns=state)
+        assert said.status == "wrong" and why in said.message, \
+            f"{key}: the wrong answer {code!r} should be wrong with {why!r}, got {said}"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Nothing printed and no figure left over (verification runs the solutions a second time)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    before = set(plt.get_fignums()) if plt else set()
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+    plt = sys.modules.get("matplotlib.pyplot")
+    for num in set(plt.get_fignums()) - before if plt else ():
+        plt.close(num)

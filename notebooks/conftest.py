@@ -13,7 +13,9 @@ import pytest
 
 # The smoke profile whatever the shell says: a notebook run under pytest must stay offline and
 # quick, even for a user whose CIFAR_TL_PROFILE names full or cpu (papermill is for those).
-NOTEBOOK_ENV = {"CIFAR_TL_PROFILE": "smoke", "CIFAR_TL_WIDGETS": "static"}
+# CIFAR_TL_EXERCISES=verify: each exercise's check cell also runs its solution (it must be right)
+# and its known wrong answers (each must be wrong, with its own diagnosis), on copies of the state.
+NOTEBOOK_ENV = {"CIFAR_TL_PROFILE": "smoke", "CIFAR_TL_WIDGETS": "static", "CIFAR_TL_EXERCISES": "verify"}
 
 _saved: dict[str, str | None] = {}
 _data_root: list[str] = []
