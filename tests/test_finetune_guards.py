@@ -26,7 +26,7 @@ def test_a_diverging_fine_tuning_stops_and_saves_nothing_nan(tmp_path, capsys, m
     assert "fine-tuning epoch" in err[0] and "loss became nan" in err[0] and "(--lr 1, --lr-decay 1)" in err[0], err
     assert not (out / "metrics.json").exists()
     history = json.loads((out / "history.json").read_text())
-    assert history and all(math.isfinite(row[k]) for row in history for k in ("train_loss", "test_loss"))
+    assert history and all(math.isfinite(row[k]) for row in history for k in ("train_loss", "val_loss"))
     if (out / "model.pt").exists():  # the last good fine-tuning epoch
         blob = torch.load(out / "model.pt", weights_only=True)
         for t in [*blob["state_dict"].values(), *blob["head"]["state_dict"].values()]:
