@@ -39,7 +39,7 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
     folder that already holds a run, or any other non-empty folder (the CLI's default).
     """
     r = _start(cfg, Path(out), resume, overwrite, changes)
-    created = runs.prepare(r.out, resume, overwrite)
+    claim = runs.claim(r.out, resume, overwrite)  # a second run into the folder is refused now
     try:
         return _steps(r)
     except KeyboardInterrupt:
@@ -51,11 +51,7 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
         raise OutOfMemory(f"out of memory on {r.device} while {r.doing}: lower --image-size or "
                           f"--batch-size, or close other notebooks and programs{saved}") from None
     finally:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            try:
-                r.out.rmdir()
-            except OSError:
-                pass  # not empty: it holds the run
+        claim.release()  # and a run that failed before writing anything leaves no empty folder
 
 
 def _steps(r: runs.Run) -> dict:
@@ -165,9 +161,7 @@ def make_loaders(r: runs.Run) -> None:
 def begin(r: runs.Run) -> None:
     """Claim the folder, fit the head's statistics, and restore the state of a resumed run."""
     if not r.resume:  # the folder now belongs to this run: no file of an earlier run may linger
-        for name in runs.written_files(r.out) or ():
-            (r.out / name).unlink(missing_ok=True)
-        (r.out / runs.MARKER).unlink(missing_ok=True)
+        runs.remove_run_files(r.out)
     r.write("config.json", r.cfg.to_dict(), "json")
     head = r.model.head
     if head.standardizer is not None and r.state is None:
