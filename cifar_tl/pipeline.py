@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, engine, engines, features, finetune, runs, storage, viz
+from . import checkpoint, data, engine, engines, features, finetune, parameters, runs, storage, viz
 from .config import Config, epoch_seed, resolve_device
 from .errors import CifarTLError, ConfigError, DataError, Interrupted, OutOfMemory, one_line
 from .features import FeatureLoader
@@ -84,6 +84,7 @@ def _steps(r: runs.Run) -> dict:
 
 def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes: dict) -> runs.Run:
     """The run's settings (from ``cfg``, or from ``out`` when resuming), checked before any work."""
+    parameters.check_config(cfg, "run")
     if resume:
         cfg = runs.resume_config(cfg, out, changes)
     elif cfg is None:
@@ -91,6 +92,8 @@ def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes
     else:
         cfg = cfg.replace(**changes) if changes else cfg
     cfg.validate()
+    if not resume:
+        parameters.note_ineffective(cfg)
     r = runs.Run(cfg, out, resume, resolve_device(cfg.device))
     if resume:
         r.state = runs.load_state(out, cfg)
@@ -99,11 +102,14 @@ def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes
         if r.state is None and done:
             raise CifarTLError(f"{out} already finished{runs.accuracy(out)} and has no state.pt to continue "
                                "from: nothing to resume; start a new run to train again")
-        if len(r.history) > cfg.total_epochs():
-            raise ConfigError(f"{out} has already trained {len(r.history)} epochs; --epochs must be at least that")
+        # --epochs counts the fine-tuning epochs of a fine-tuning run (the head's come first)
+        counted = [row for row in r.history if not cfg.unfreeze or row.get("phase") == "fine-tune"]
+        what = "fine-tuning epochs (after the head's)" if cfg.unfreeze else "epochs"
+        if len(counted) > cfg.epochs:
+            raise ConfigError(f"{out} has already trained {len(counted)} {what}; --epochs must be at least that")
         if r.state and len(r.history) == cfg.total_epochs() and done:
-            raise CifarTLError(f"{out} already finished all {cfg.total_epochs()} epochs{runs.accuracy(out)}: nothing "
-                               f"to resume; to train longer: python -m cifar_tl run --resume {out} --epochs N")
+            raise CifarTLError(f"{out} already finished all {cfg.epochs} {what}{runs.accuracy(out)}: nothing to "
+                               f"resume; to train longer: python -m cifar_tl run --resume {runs.quoted(out)} --epochs N")
         r.written = set(runs.written_files(out) or ())
     return r
 
@@ -317,10 +323,14 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
     """Smith's learning-rate range test for ``cfg``'s head (on cached features: seconds), or for
     the model with its top ``cfg.unfreeze`` stages unfrozen (on images). Writes ``lr_find.png``
     to ``out``; returns ``engine.lr_find``'s result with ``plot`` (the file) added."""
+    parameters.check_config(cfg, "lr_find")
     cfg = cfg.validate()
     r = runs.Run(cfg, Path(out), False, resolve_device(cfg.device))
     storage.check_writable(r.out)
     load_data(r)
+    if len(r.train_ds.classes) < 2:  # the loss is 0 at every rate: any suggestion would be noise
+        raise DataError(f"{cfg.source}: lr-find needs at least 2 classes, the data has "
+                        f"{len(r.train_ds.classes)}: add a class folder")
     build_model(r)
     make_loaders(r)
     if r.model.head.standardizer is not None:
@@ -330,9 +340,11 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
         batches = finetune.ImageBatches(r.train_ds, cfg.image_size, cfg.batch_size, r.device, True, cfg.seed)
         result = engine.lr_find(r.model, batches, r.device, optimizer_fn=lambda ps, lr: torch.optim.AdamW(
             ps, lr=lr, weight_decay=cfg.weight_decay))
-    else:
-        with engine.head_threads(r.device):
-            result = engine.lr_find(r.model.head, r.train_loader, r.device)
+    else:  # the head on cached features, or the tutorial path's model on images (--no-cache)
+        with engine.head_threads(r.device) if cfg.cache else nullcontext():
+            result = engine.lr_find(r.trainee, r.train_loader, r.device)
+    if max(result["raw"]) == min(result["raw"]):
+        raise DataError(f"the loss stayed at {result['raw'][0]:.4g} at every learning rate: it suggests nothing")
     plot = r.out / "lr_find.png"
     viz.plot_lr_find(result).figure.savefig(plot, dpi=100, bbox_inches="tight")
     return {**result, "plot": str(plot)}
