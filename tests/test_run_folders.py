@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cifar_tl import pipeline, runs
+from cifar_tl.errors import CifarTLError
 
 from .conftest import cli_in_process as _cli
 from .conftest import run_cli
@@ -148,3 +149,20 @@ def test_a_fifo_or_folder_in_place_of_a_run_file_neither_hangs_nor_tracebacks(tm
         code, _, err = _cli(capsys, *args)  # an unexpected exception (or Hung) fails the test
         # Resuming a run with no state.pt trains it (only its metrics.json is odd); else one line.
         assert (code == 0 and name == "metrics.json") or (code in (1, 2) and len(err) == 1), (args, err)
+
+
+# --------------------------------------------------------------------------- resuming with other data
+@pytest.mark.parametrize("field, value", [("train_size", 50), ("source", "cifar100")])
+def test_a_resume_with_other_data_is_refused(tmp_path, capsys, tiny_cfg, field, value):
+    """The data role counts when a resume compares settings: a state.pt trained on other images
+    (config.json says another train_size or source) cannot be continued, from the CLI or the API."""
+    out = tmp_path / "run"
+    pipeline.run(tiny_cfg.replace(epochs=1), out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, field: value}))
+    code, _, err = _cli(capsys, "run", "--resume", out, "--epochs", "2")
+    assert code == 1 and len(err) == 1 and "other settings" in err[0] and field in err[0], err
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CifarTLError, match=f"cannot resume .* other settings .*{field}"):
+        pipeline.run(tiny_cfg.replace(epochs=2, **{field: value}), out, resume=True)
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1  # nothing trained
