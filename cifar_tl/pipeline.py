@@ -47,7 +47,7 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
     except (RuntimeError, MemoryError) as e:
         if not runs.out_of_memory(e):
             raise
-        saved = f"; the {len(r.history)} completed epoch(s) are saved: --resume {r.out}" if r.history else ""
+        saved = f"; the {len(r.history)} completed epoch(s) are saved: --resume {runs.quoted(r.out)}" if r.history else ""
         raise OutOfMemory(f"out of memory on {r.device} while {r.doing}: lower --image-size or "
                           f"--batch-size, or close other notebooks and programs{saved}") from None
     finally:

@@ -185,3 +185,28 @@ def test_a_test_class_with_a_trailing_space_is_shown_with_repr(tmp_path):
     with pytest.raises(DataError) as e:
         data.image_folder(src, train=False)
     assert "'cat ' (training has 'cat')" in str(e.value)
+
+
+def test_the_missing_cifar_hint_quotes_a_data_root_with_spaces(tmp_path):
+    from cifar_tl import data
+    from cifar_tl.errors import AssetMissingError
+
+    root = tmp_path / "my data"
+    with pytest.raises(AssetMissingError) as e:
+        data.cifar100(root / "cifar100", train=True, download=False)
+    assert f"download --root '{root}'" in str(e.value)
+
+
+def test_out_of_memory_hint_quotes_the_folder(tmp_path, capsys, monkeypatch, tiny_cfg):
+    """A run with a completed epoch runs out of memory: the hint to resume it can be pasted."""
+    from cifar_tl import engine
+
+    out = tmp_path / "my runs"
+    pipeline.run(tiny_cfg.replace(epochs=1), out)
+
+    def fit(*_a, **_k):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(engine, "fit", fit)
+    code, _, err = _cli(capsys, "run", "--resume", out, "--epochs", "2")
+    assert code == 1 and "out of memory" in err[0] and f"--resume '{out}'" in err[0], err
