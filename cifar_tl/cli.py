@@ -236,7 +236,10 @@ def _download(a) -> int:
     root = Path(a.root or default_data_root())
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--root {root} is a file, not a folder: pass a folder to download into")
-    check_writable(root)  # said in download's own terms (data's advice names run's options)
+    try:  # said in download's own terms (data's advice names run's options)
+        check_writable(root)
+    except CifarTLError as e:
+        raise type(e)(f"--root {root} cannot be written: {e}") from None
     for train in (True, False):
         data.cifar100(root / "cifar100", train=train, download=True)
     say(f"CIFAR-100 is in {root / 'cifar100'}")

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 
 def notebook_config(profile: str | None = None, **params) -> Config:
-    """The Config of a notebook's parameters cell (``Config.for_notebook``), checked at once.
+    """The Config of a notebook's parameters cell, checked at once:
+    ``cfg = notebook_config(profile, epochs=epochs, tutorial_images=tutorial_images)``.
 
     ``params`` are the cell's values, as papermill's ``-p name value`` sets them. Those named like
     a Config field (``epochs``, ``batch_size``, ``lr`` ...) override the profile's value, unless
