@@ -19,10 +19,10 @@ _NAMES = {
     "StorageError": "errors", "TrainingDiverged": "errors", "UnknownBackbone": "errors",
     "FeatureLoader": "features", "cached_features": "features", "extract": "features",
     "BACKBONES": "models", "MLPHead": "models", "TransferModel": "models", "build_backbone": "models",
-    "enable_notices": "console",
+    "enable_notices": "console", "notebook_config": "parameters",
 }
 _MODULES = ("checkpoint", "config", "console", "data", "engine", "features", "inference", "models",
-            "pipeline", "preprocess", "storage", "viz", "widgets")
+            "parameters", "pipeline", "preprocess", "storage", "viz", "widgets")
 
 __all__ = sorted([*_NAMES, *_MODULES])
 

@@ -184,8 +184,15 @@ def _run(a) -> int:
                               "may be given)")
         pipeline.run(None, a.resume, resume=True, **{k: getattr(a, k) for k in given})
         return 0
+    from .parameters import ineffective
+
+    cfg = _config(a)
+    idle = ineffective(cfg, given=vars(a))
+    if idle:
+        raise ConfigError(f"{', '.join(map(_flag, idle))} only act(s) when fine-tuning: add --unfreeze K|all, "
+                          "or drop it (the backbone stays frozen and nothing would use it)")
     out = getattr(a, "out", None) or _default_out()
-    pipeline.run(_config(a), out, overwrite="overwrite" in a)
+    pipeline.run(cfg, out, overwrite="overwrite" in a)
     return 0
 
 
@@ -236,11 +243,18 @@ def _download(a) -> int:
     from . import data
     from .backbones import build_backbone, check_backbone, weights_file
     from .config import default_data_root
+    from .storage import check_writable
 
     names = a.backbone or ["efficientnet_v2_s"]
     for name in names:
         check_backbone(name)
     root = Path(a.root or default_data_root())
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--root {root} is a file, not a folder: pass a folder to download into")
+    try:  # said in download's own terms (data's advice names run's options)
+        check_writable(root)
+    except CifarTLError as e:
+        raise type(e)(f"--root {root} cannot be written: {e}") from None
     for train in (True, False):
         data.cifar100(root / "cifar100", train=train, download=True)
     say(f"CIFAR-100 is in {root / 'cifar100'}")

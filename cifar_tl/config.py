@@ -29,6 +29,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # Bounds that keep a typo from allocating the machine away (issue: --image-size 3000000).
 MAX_IMAGE_SIZE = 4096
 MAX_SEED = 2**32 - 1
+# Options that act only when fine-tuning (``unfreeze`` > 0); with nothing unfrozen they change nothing.
+FINE_TUNING_ONLY = ("head_epochs", "lr_decay", "weight_decay", "bn_train")
 
 
 def default_data_root() -> str:
@@ -124,11 +126,15 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, os.PathLike):  # a folder of images
+            self.source = f"folder:{os.fspath(self.source)}"
+        for name in self.fields():  # numpy scalars and paths, as notebooks make them
+            setattr(self, name, _plain(getattr(self, name)))
         self.weights = normalize_weights(self.weights)
-        if isinstance(self.unfreeze, str) and self.unfreeze.strip().isdigit():
+        if isinstance(self.unfreeze, str) and self.unfreeze.strip().isdecimal():
             self.unfreeze = int(self.unfreeze)
-        if isinstance(self.hidden, list):
-            self.hidden = tuple(self.hidden)
+        if isinstance(self.hidden, (list, tuple)):
+            self.hidden = tuple(_plain(h) for h in self.hidden)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -242,6 +248,13 @@ class Config:
         return self
 
 
+def _plain(v):
+    """A numpy or 0-d torch scalar as the Python value it holds, a path as text; else ``v``."""
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v
+
+
 def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -265,7 +278,7 @@ def parse_unfreeze(value) -> int | str:
     """0, a positive number of top stages, or "all"; ConfigError otherwise."""
     if value == "all":
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value)
     if not _int(value) or value < 0:
         raise ConfigError(f"unfreeze must be 0, a positive number of stages or 'all', got {value!r}")

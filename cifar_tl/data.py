@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import socket
 import warnings
 from collections.abc import Callable
@@ -177,7 +178,7 @@ def cifar100(root: str | Path, train: bool, download: bool = True) -> CIFAR100:
     except RuntimeError:  # torchvision: "Dataset not found or corrupted"
         if not download:
             raise AssetMissingError(
-                f"CIFAR-100 is not in {root}: run `python -m cifar_tl download --root {root.parent}` "
+                f"CIFAR-100 is not in {root}: run `python -m cifar_tl download --root {shlex.quote(str(root.parent))}` "
                 "on a machine with internet, or use --profile smoke (offline synthetic data)"
             ) from None
     try:  # say that the folder cannot be written now, not halfway through the download

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -179,35 +180,66 @@ def _layout(root: Path, announce: bool) -> tuple[Path, Path | None]:
     return dirs["train"], held
 
 
+def class_name(folder: Path) -> str:
+    """A class folder's name in Unicode NFC: a macOS copy (NFD) names the same class as Linux's."""
+    return unicodedata.normalize("NFC", folder.name)
+
+
+def _by_class(folder: Path) -> dict[str, Path]:
+    """{class name: its folder}. Two folders whose names differ only in Unicode form or in spaces
+    would print as one class: refused, their names shown with repr."""
+    dirs, loose = {}, {}
+    for d in subfolders(folder):
+        key = " ".join(class_name(d).split())
+        if key in loose:
+            raise DataError(f"{folder}: the class folders {loose[key].name!r} and {d.name!r} differ only in "
+                            "spaces or in how their letters are encoded (Unicode form): merge or rename them")
+        dirs[class_name(d)] = loose[key] = d
+    return dirs
+
+
 def _classes(folder: Path, avoid: frozenset[str]) -> dict[str, list[str]]:
     """{class name: its image files} of one split folder; every class must have an image."""
-    dirs = subfolders(folder)
+    dirs = _by_class(folder)
     if not dirs:
         raise DataError(f"{folder}: no class folders: put each class's images in a folder named after "
                         f"the class ({folder}/<class>/<image>)")
-    found = {d.name: find_images(d, avoid)[0] for d in dirs}
+    found = {c: find_images(d, avoid)[0] for c, d in dirs.items()}
     empty = [c for c, files in found.items() if not files]
     if empty:
-        raise DataError(f"{folder / empty[0]}: a class folder without images of a supported type "
+        raise DataError(f"{dirs[empty[0]]}: a class folder without images of a supported type "
                         f"({', '.join(IMAGE_SUFFIXES)}): add some or remove the folder")
     return found
+
+
+def _shown(name: str) -> str:
+    """A class name as printed in messages: with repr when spaces or invisible characters matter."""
+    return repr(name) if name != name.strip() or not name.isprintable() else name
+
+
+def _near(name: str, classes: list[str]) -> str:
+    """' (training has 'cat')' when a class differs from ``name`` only by spaces or case."""
+    key = " ".join(name.split()).casefold()
+    near = [c for c in classes if " ".join(c.split()).casefold() == key]
+    return f" (training has {near[0]!r})" if near else ""
 
 
 def _match(train_found: dict, classes: list[str], test_dir: Path, train: bool,
            avoid: frozenset[str]) -> list[tuple[str, int]]:
     """(file, class index) of one split when test/ exists: classes matched by name."""
-    test_found = {d.name: find_images(d, avoid)[0] for d in subfolders(test_dir)}
+    test_found = {c: find_images(d, avoid)[0] for c, d in _by_class(test_dir).items()}
     test_found = {c: files for c, files in test_found.items() if files}
     unknown = sorted(set(test_found) - set(classes))
-    if unknown:
-        raise DataError(f"{test_dir}: class folder(s) {', '.join(unknown[:5])} hold test images, but training "
+    if unknown:  # repr where a trailing space or an invisible character matters
+        shown = ", ".join(f"{_shown(c)}{_near(c, classes)}" for c in unknown[:5])
+        raise DataError(f"{test_dir}: class folder(s) {shown} hold test images, but training "
                         f"has no class of that name (classes are matched by name): rename or remove them")
     if not test_found:
         raise DataError(f"{test_dir}: no test images in class folders ({test_dir}/<class>/<image>)")
     missing = [c for c in classes if c not in test_found]
     if missing and not train:
         log.info("%d of %d classes have no test images in %s (they are trained, not tested): %s",
-                 len(missing), len(classes), test_dir, ", ".join(missing[:5]))
+                 len(missing), len(classes), test_dir, ", ".join(map(_shown, missing[:5])))
     split = train_found if train else test_found
     return [(f, i) for i, c in enumerate(classes) for f in split.get(c, [])]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, engine, engines, features, finetune, runs, storage, viz
+from . import checkpoint, data, engine, engines, features, finetune, parameters, runs, storage, viz
 from .config import Config, epoch_seed, resolve_device
 from .errors import CifarTLError, ConfigError, DataError, Interrupted, OutOfMemory, one_line
 from .features import FeatureLoader
@@ -39,7 +39,7 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
     folder that already holds a run, or any other non-empty folder (the CLI's default).
     """
     r = _start(cfg, Path(out), resume, overwrite, changes)
-    created = runs.prepare(r.out, resume, overwrite)
+    claim = runs.claim(r.out, resume, overwrite)  # a second run into the folder is refused now
     try:
         return _steps(r)
     except KeyboardInterrupt:
@@ -47,15 +47,11 @@ def run(cfg: Config | None, out: str | Path, resume: bool = False, overwrite: bo
     except (RuntimeError, MemoryError) as e:
         if not runs.out_of_memory(e):
             raise
-        saved = f"; the {len(r.history)} completed epoch(s) are saved: --resume {r.out}" if r.history else ""
+        saved = f"; the {len(r.history)} completed epoch(s) are saved: --resume {runs.quoted(r.out)}" if r.history else ""
         raise OutOfMemory(f"out of memory on {r.device} while {r.doing}: lower --image-size or "
                           f"--batch-size, or close other notebooks and programs{saved}") from None
     finally:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            try:
-                r.out.rmdir()
-            except OSError:
-                pass  # not empty: it holds the run
+        claim.release()  # and a run that failed before writing anything leaves no empty folder
 
 
 def _steps(r: runs.Run) -> dict:
@@ -88,6 +84,7 @@ def _steps(r: runs.Run) -> dict:
 
 def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes: dict) -> runs.Run:
     """The run's settings (from ``cfg``, or from ``out`` when resuming), checked before any work."""
+    parameters.check_config(cfg, "run")
     if resume:
         cfg = runs.resume_config(cfg, out, changes)
     elif cfg is None:
@@ -95,6 +92,8 @@ def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes
     else:
         cfg = cfg.replace(**changes) if changes else cfg
     cfg.validate()
+    if not resume:
+        parameters.note_ineffective(cfg)
     r = runs.Run(cfg, out, resume, resolve_device(cfg.device))
     if resume:
         r.state = runs.load_state(out, cfg)
@@ -103,11 +102,14 @@ def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes
         if r.state is None and done:
             raise CifarTLError(f"{out} already finished{runs.accuracy(out)} and has no state.pt to continue "
                                "from: nothing to resume; start a new run to train again")
-        if len(r.history) > cfg.total_epochs():
-            raise ConfigError(f"{out} has already trained {len(r.history)} epochs; --epochs must be at least that")
+        # --epochs counts the fine-tuning epochs of a fine-tuning run (the head's come first)
+        counted = [row for row in r.history if not cfg.unfreeze or row.get("phase") == "fine-tune"]
+        what = "fine-tuning epochs (after the head's)" if cfg.unfreeze else "epochs"
+        if len(counted) > cfg.epochs:
+            raise ConfigError(f"{out} has already trained {len(counted)} {what}; --epochs must be at least that")
         if r.state and len(r.history) == cfg.total_epochs() and done:
-            raise CifarTLError(f"{out} already finished all {cfg.total_epochs()} epochs{runs.accuracy(out)}: nothing "
-                               f"to resume; to train longer: python -m cifar_tl run --resume {out} --epochs N")
+            raise CifarTLError(f"{out} already finished all {cfg.epochs} {what}{runs.accuracy(out)}: nothing to "
+                               f"resume; to train longer: python -m cifar_tl run --resume {runs.quoted(out)} --epochs N")
         r.written = set(runs.written_files(out) or ())
     return r
 
@@ -178,9 +180,7 @@ def make_loaders(r: runs.Run, judged: tuple[str, ...] = ("val", "test")) -> None
 def begin(r: runs.Run) -> None:
     """Claim the folder, fit the head's statistics, and restore the state of a resumed run."""
     if not r.resume:  # the folder now belongs to this run: no file of an earlier run may linger
-        for name in runs.written_files(r.out) or ():
-            (r.out / name).unlink(missing_ok=True)
-        (r.out / runs.MARKER).unlink(missing_ok=True)
+        runs.remove_run_files(r.out)
     r.write("config.json", r.cfg.to_dict(), "json")
     head = r.model.head
     if head.standardizer is not None and r.state is None:
@@ -350,10 +350,14 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
     """Smith's learning-rate range test for ``cfg``'s head (on cached features: seconds), or for
     the model with its top ``cfg.unfreeze`` stages unfrozen (on images). Writes ``lr_find.png``
     to ``out``; returns ``engine.lr_find``'s result with ``plot`` (the file) added."""
+    parameters.check_config(cfg, "lr_find")
     cfg = cfg.validate()
     r = runs.Run(cfg, Path(out), False, resolve_device(cfg.device))
     storage.check_writable(r.out)
     load_data(r)
+    if len(r.train_ds.classes) < 2:  # the loss is 0 at every rate: any suggestion would be noise
+        raise DataError(f"{cfg.source}: lr-find needs at least 2 classes, the data has "
+                        f"{len(r.train_ds.classes)}: add a class folder")
     build_model(r)
     make_loaders(r, judged=())
     if r.model.head.standardizer is not None:
@@ -364,9 +368,11 @@ def lr_find(cfg: Config, out: str | Path = ".") -> dict:
                                         *normalization(cfg.backbone))
         result = engine.lr_find(r.model, batches, r.device, optimizer_fn=lambda ps, lr: torch.optim.AdamW(
             ps, lr=lr, weight_decay=cfg.weight_decay))
-    else:
-        with engine.head_threads(r.device):
-            result = engine.lr_find(r.model.head, r.train_loader, r.device)
+    else:  # the head on cached features, or the tutorial path's model on images (--no-cache)
+        with engine.head_threads(r.device) if cfg.cache else nullcontext():
+            result = engine.lr_find(r.trainee, r.train_loader, r.device)
+    if max(result["raw"]) == min(result["raw"]):
+        raise DataError(f"the loss stayed at {result['raw'][0]:.4g} at every learning rate: it suggests nothing")
     plot = r.out / "lr_find.png"
     viz.plot_lr_find(result).figure.savefig(plot, dpi=100, bbox_inches="tight")
     return {**result, "plot": str(plot)}

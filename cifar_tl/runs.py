@@ -1,5 +1,5 @@
-"""A run and its folder: what the steps have made so far, the marker that names the folder as
-ours (and lists the files a run wrote), claiming the folder, and resuming from it."""
+"""A run: what its steps have made so far, writing its files, resuming it, and its messages.
+Its folder (the marker, the claim) is ``runfolder``."""
 
 from __future__ import annotations
 
@@ -15,13 +15,21 @@ import torch
 
 from . import checkpoint, storage
 from .config import Config
-from .errors import CifarTLError, ConfigError, Interrupted, StorageError, one_line
+from .errors import CifarTLError, ConfigError, Interrupted, one_line
+from .runfolder import (
+    LOCK,
+    MARKER,
+    MARKER_FORMAT,
+    claim,
+    quoted,
+    read_text,
+    regular,
+    remove_run_files,
+    written_files,
+)
 
+__all__ = ["LOCK", "MARKER", "MARKER_FORMAT", "Run", "claim", "quoted", "remove_run_files", "written_files"]
 STATE_FORMAT = "cifar_tl.state"
-# A run folder holds this file: it names the folder as ours and lists every file the run wrote,
-# so a new run in the same folder removes those and nothing else.
-MARKER = ".cifar_tl-run.json"
-MARKER_FORMAT = "cifar_tl.run"
 
 
 @dataclass
@@ -80,35 +88,6 @@ class Run:
 
 
 
-def written_files(out: Path) -> list[str] | None:
-    """The files an earlier run in ``out`` wrote, or None when ``out`` is not a run folder."""
-    try:
-        m = json.loads((out / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(m, dict) or m.get("format") != MARKER_FORMAT or not isinstance(m.get("files"), list):
-        return None
-    # Only plain names inside the folder: a damaged marker must not point anywhere else.
-    return [f for f in m["files"] if isinstance(f, str) and f and Path(f).name == f and f != MARKER]
-
-
-def prepare(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Check that ``out`` can take this run, before any long work. Returns whether it was created."""
-    if out.exists() and not out.is_dir():
-        raise StorageError(f"--out {out} is a file, not a folder: choose another --out")
-    if not resume and out.is_dir() and not overwrite:
-        if written_files(out) is not None:
-            raise CifarTLError(f"{out} already holds a run: continue it with `python -m cifar_tl run "
-                               f"--resume {out}`, replace it with --overwrite, or choose another --out")
-        if any(out.iterdir()):
-            raise CifarTLError(f"{out} is not empty and is not a cifar_tl run folder: choose a new or "
-                               "empty --out, or write into it anyway with --overwrite (files of the "
-                               "same names as a run's would be replaced; nothing else is touched)")
-    created = not out.exists()
-    storage.check_writable(out)
-    return created
-
-
 def resume_config(cfg: Config | None, out: Path, changes: dict) -> Config:
     stored = load_config(out)
     if cfg is not None:
@@ -130,7 +109,7 @@ def load_config(out: Path) -> Config:
         raise CifarTLError(f"cannot resume: {out} has no config.json from an earlier run "
                            "(a run interrupted before its first epoch: start it again without --resume)")
     try:
-        return Config.from_dict(json.loads(path.read_text())).validate()
+        return Config.from_dict(json.loads(read_text(path))).validate()
     except (OSError, ValueError) as e:  # ConfigError is a ValueError
         raise CifarTLError(f"cannot resume: {path} is damaged ({one_line(e, 120)}); start a new run") from None
 
@@ -138,9 +117,11 @@ def load_config(out: Path) -> Config:
 def load_state(out: Path, cfg: Config) -> dict | None:
     """The training state of the last completed epoch, or None before the first one."""
     path = out / "state.pt"
-    if not path.exists():
+    if regular(path) is None:
         return None
     fix = f"delete {path} to train this run again from epoch 1 with --resume, or start a new run"
+    if not regular(path):
+        raise CifarTLError(f"{path} is not a regular file; cannot resume from it: {fix}")
     try:
         state = checkpoint.load_file(path, "training state")
     except CifarTLError as e:
@@ -163,14 +144,14 @@ def load_state(out: Path, cfg: Config) -> dict | None:
 
 def accuracy(out: Path) -> str:
     try:
-        return f" (test accuracy {json.loads((out / 'metrics.json').read_text())['test_accuracy']:.4f})"
+        return f" (test accuracy {json.loads(read_text(out / 'metrics.json'))['test_accuracy']:.4f})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
 
 def interrupted(out: Path, doing: str, done: int, epochs: int, resume: bool) -> Interrupted:
     """The message for a run stopped while ``doing`` after ``done`` of ``epochs`` epochs."""
-    again = f"python -m cifar_tl run --resume {out}"
+    again = f"python -m cifar_tl run --resume {quoted(out)}"
     if doing == "training":
         return Interrupted(f"interrupted after {done} of {epochs} epoch(s); the completed epochs are "
                            f"saved in {out}; continue with: {again}")

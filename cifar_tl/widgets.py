@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from . import data, engine, viz
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .features import FeatureLoader, FeatureStore
 from .kernel import _batch_runner, _decide, _figure, _saved_note, _show_in, in_colab, is_interactive  # noqa: F401
 from .models import MLPHead, normalization
@@ -61,11 +61,19 @@ def dataset_browser(ds, transform=None, n_static: int = 8, interactive: bool | N
     Static: a figure of the first ``n_static`` samples with their fine and coarse labels.
     Returns the widget or the figure.
     """
+    if isinstance(n_static, bool) or not isinstance(n_static, (int, np.integer)) or not 1 <= n_static <= 64:
+        raise ConfigError(f"n_static must be a whole number of samples from 1 to 64, got {n_static!r}")
     if not _decide(interactive):
-        fig = _figure((1.7 * n_static, 2.3))
-        for ax, i in zip(fig.subplots(1, n_static), range(n_static)):
-            viz.show_image(raw_image(ds, i), ax, _label(ds, i))
-        fig.suptitle(f"the first {n_static} of {len(ds)} samples (static view of the browser)", fontsize=9)
+        n = min(int(n_static), len(ds))
+        rows, cols = -(-n // 8), min(n, 8)  # rows of at most 8
+        fig = _figure((1.7 * cols, 2.3 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        for i, ax in enumerate(axes):
+            if i < n:
+                viz.show_image(raw_image(ds, i), ax, _label(ds, i))
+            else:
+                ax.axis("off")
+        fig.suptitle(f"the first {n} of {len(ds)} samples (static view of the browser)", fontsize=9)
         fig.tight_layout()
         return fig
     _saved_note()

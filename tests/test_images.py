@@ -89,18 +89,30 @@ def test_every_kind_of_image_opens_as_8bit_rgb_of_its_size(case, tmp_path):
         assert np.abs(np.subtract(_pixel(im, (0, 0)), expected)).max() <= 2, _pixel(im, (0, 0))
 
 
+# EXIF orientation: (size after, corner where the stored top-left red square ends up). 6 and 8 are
+# the phone's two sideways holds, 3 upside down; 2, 4, 5 and 7 are the mirrored ones.
+ORIENTATIONS = {1: ("wide", "top-left"), 2: ("wide", "top-right"), 3: ("wide", "bottom-right"),
+                4: ("wide", "bottom-left"), 5: ("tall", "top-left"), 6: ("tall", "top-right"),
+                7: ("tall", "bottom-right"), 8: ("tall", "bottom-left")}
+
+
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
-def test_exif_orientation_6_is_applied(fmt, tmp_path):
-    """A phone photo stored sideways with 'rotate 90 clockwise' in EXIF comes out upright:
-    transposed size, and the stored top-left corner now at the top right."""
+@pytest.mark.parametrize("orientation", list(ORIENTATIONS))
+def test_every_exif_orientation_is_applied(orientation, fmt, tmp_path):
+    """A phone photo stored sideways or upside down with its orientation in EXIF comes out
+    upright: for 6 ('rotate 90 clockwise') the size is transposed and the stored top-left corner
+    is now at the top right; 3 turns it to the bottom right, 8 to the bottom left."""
     exif = Image.Exif()
-    exif[0x0112] = 6
-    path = _save(tmp_path, f"sideways.{fmt}", _marked((60, 40)), exif=exif, quality=95)
+    exif[0x0112] = orientation
+    path = _save(tmp_path, f"turned.{fmt}", _marked((60, 40)), exif=exif, quality=95)
     im = images.open_image(path)
-    assert im.size == (40, 60)
+    shape, corner = ORIENTATIONS[orientation]
+    assert im.size == ((60, 40) if shape == "wide" else (40, 60))
+    w, h = im.size
+    corners = {"top-left": (2, 2), "top-right": (w - 3, 2), "bottom-left": (2, h - 3), "bottom-right": (w - 3, h - 3)}
     red, blue = (255, 0, 0), (0, 0, 255)
-    assert np.abs(np.subtract(_pixel(im, (37, 2)), red)).max() < 30
-    assert np.abs(np.subtract(_pixel(im, (2, 2)), blue)).max() < 30
+    for name, xy in corners.items():
+        assert np.abs(np.subtract(_pixel(im, xy), red if name == corner else blue)).max() < 30, (name, xy)
 
 
 def test_a_damaged_exif_block_does_not_refuse_the_picture(tmp_path):

@@ -116,6 +116,22 @@ def test_a_longer_run_extracts_only_the_views_it_adds(setup):
     assert info["views_extracted"] == int(plan_views(n, cfg.seed, 2).sum())
 
 
+def test_views_extracted_now_counts_views_when_both_are_extracted_at_once(setup):
+    """A 3-epoch run extracts both views of every image in one pass: that is 2 views per image,
+    and the count in metrics.json's cache info must say so (not the number of images)."""
+    cfg, ds, code, cache_dir = setup
+    n = len(ds)
+    _, _, info = features.cached_features(cfg, ds, code, "cpu", features.VIEWS_TRAIN, cache_dir, epochs=3)
+    assert info["views_extracted_now"] == info["views_extracted"] == N_VIEWS * n == code.seen
+    # Both kinds at once: half the images have one view, then every view is asked for.
+    store = FeatureStore(cfg, ds, PixelCode(), "cpu", features.VIEWS_TRAIN, use_cache=False)
+    half = torch.zeros(n, N_VIEWS, dtype=torch.bool)
+    half[: n // 2, 0] = True
+    assert store.ensure(half) == n // 2
+    assert store.ensure(None) == N_VIEWS * n - n // 2 == store.backbone.seen - n // 2
+    assert store.info["views_extracted_now"] == N_VIEWS * n
+
+
 def test_the_training_loader_draws_the_batches_it_drew_before_views_were_planned():
     """The draw of the loader that cached both views of every image, written out: one generator
     per epoch seeded by config.epoch_seed, a permutation, then one view per sample."""
