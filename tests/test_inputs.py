@@ -165,7 +165,7 @@ def test_class_names_in_two_unicode_forms_are_one_class(tmp_path):
     src = photos(tmp_path / "p", {f"train/{nfd}": 3, "train/tea": 3, f"test/{nfc}": 2, "test/tea": 2})
     train = Config.for_profile("smoke", source=f"folder:{src}")
     from cifar_tl import data
-    tr, te = data.build_datasets(train.replace(train_size=None, test_size=None))
+    tr, _, te = data.build_datasets(train.replace(train_size=None, test_size=None))
     assert tr.classes == te.classes == [nfc, "tea"]
     assert sorted(te.targets) == [0, 0, 1, 1]
 
