@@ -22,7 +22,7 @@ _NAMES = {
     "enable_notices": "console",
 }
 _MODULES = ("checkpoint", "config", "console", "data", "engine", "features", "inference", "models",
-            "pipeline", "preprocess", "storage", "viz", "widgets")
+            "pack", "pipeline", "preprocess", "storage", "viz", "widgets")
 
 __all__ = sorted([*_NAMES, *_MODULES])
 
