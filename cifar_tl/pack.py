@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, data, features, storage
+from . import __version__, data, features, packfile, storage
 from .checkpoint import backbone_fingerprint, weights_digest
 from .config import PROFILE_FIELDS, Config, default_data_root, resolve_device
 from .errors import ConfigError, DataError
 from .features import FeatureLoader
 from .models import MLPHead, TransferModel, build_backbone
-from . import packfile
-from .packfile import FORMAT, FORMAT_VERSION, STORED, SUFFIX, PackSplit, read_meta, write
+from .packfile import FORMAT, FORMAT_VERSION, SPLITS, STORED, SUFFIX, PackSplit, read_meta, write
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -160,8 +159,8 @@ def find_packs(root: str | Path | None = None) -> list[Path]:
 def describe(meta: dict) -> str:
     """One line: what a pack holds and how it was made."""
     cfg = meta["config"]
-    sizes = ", ".join(f"{s} {v['n']:,}" + (" x 2 views" if s == "train" else "")
-                      for s, v in meta["splits"].items())
+    sizes = ", ".join(f"{s} {meta['splits'][s]['n']:,}" + (" x 2 views" if s == "train" else "")
+                      for s in SPLITS if s in meta["splits"])
     return (f"{cfg.get('source')}: {sizes}; {meta['backbone']} ({meta.get('weights') or 'random'} weights), "
             f"{meta['image_size']} px, {meta['precision']} on {meta.get('device')} ({meta['engine']}), "
             f"{len(meta['class_names'])} classes")
