@@ -187,7 +187,8 @@ def make_loaders(r, judged=("val", "test")) -> None:
     """The head's loaders on the pack's features. The head's statistics come from the views the
     run's epochs sample (``features.plan_views``), as a run that extracts its own features fits them."""
     cfg, train, meta = r.cfg, r.train_ds, r.train_ds.meta
-    r.stats_source = train.features[features.plan_views(len(train), cfg.seed, cfg.epochs)]
+    if cfg.standardizes():  # (a copy of the sampled views: 230 MB at CIFAR-100's size, so only then)
+        r.stats_source = train.features[features.plan_views(len(train), cfg.seed, cfg.epochs)]
     r.train_loader = FeatureLoader(train.features, train.labels, cfg.batch_size, train=True, seed=cfg.seed,
                                    device=r.device)
     for split in judged:
