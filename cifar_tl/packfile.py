@@ -38,13 +38,18 @@ def write(path: str | Path, tensors: dict, meta: dict) -> Path:
 
 
 def _checksum(tensors: dict, text: str) -> str:
+    """The sha256 of named tensors (in name order: their names, dtypes, shapes and bytes), then ``text``."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        _hash_tensor(h, name, tensors[name])
     h.update(text.encode())
     return h.hexdigest()
+
+
+def _hash_tensor(h, name: str, t: torch.Tensor) -> None:
+    t = t.contiguous()
+    h.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+    h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
 
 
 # --------------------------------------------------------------------------- reading one
@@ -131,28 +136,34 @@ def _check_meta(meta: dict, keys: set) -> None:
 
 def load(path: str | Path) -> dict[str, PackSplit | None]:
     """Every split of a pack: {"train", "val", "test"} -> ``PackSplit`` (val None when the pack has
-    none). The checksum is verified: a pack that changed by one byte since it was made is
-    refused, never used."""
-    from safetensors.torch import load_file
+    none), features in float32. The checksum is verified: a pack that changed by one byte since it
+    was made is refused, never used."""
+    from safetensors import safe_open
 
     meta, text, checksum, _ = _header(path)
+    h, tensors, stored = hashlib.sha256(), {}, {}
     try:
-        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(f.keys()):  # one stored tensor at a time beside the float32 ones
+                t = f.get_tensor(name)
+                _hash_tensor(h, name, t)
+                stored[name] = t.dtype
+                tensors[name] = t.float() if name.endswith(".features") and t.dtype in STORED.values() else t
     except Exception as e:  # changed since the header was read, unreadable
         raise DataError(f"{path}: not a feature pack: {_what_is(Path(path), e)}") from None
-    if _checksum(tensors, text) != checksum:
+    h.update(text.encode())
+    if h.hexdigest() != checksum:
         raise DataError(f"{path}: damaged: its features or metadata do not match their checksum; copy it again")
-    return {s: _split(meta, s, tensors, path) if s in meta["splits"] else None for s in SPLITS}
+    return {s: _split(meta, s, tensors, stored, path) if s in meta["splits"] else None for s in SPLITS}
 
 
-def _split(meta: dict, name: str, tensors: dict, path) -> PackSplit:
+def _split(meta: dict, name: str, tensors: dict, stored: dict, path) -> PackSplit:
     f, y, idx = (tensors.pop(f"{name}.{p}") for p in ("features", "labels", "index"))
     n, c = len(y), len(meta["class_names"])
     views = 2 if name == "train" else 1  # both flips of a training image, one view of the others
-    ok = (tuple(f.shape) == (n, views, meta["feature_dim"]) and f.dtype in STORED.values()
+    ok = (tuple(f.shape) == (n, views, meta["feature_dim"]) and stored[f"{name}.features"] in STORED.values()
           and y.dtype == idx.dtype == torch.long and idx.shape == y.shape == (n,) and meta["splits"][name]["n"] == n
           and (n == 0 or 0 <= int(y.min()) <= int(y.max()) < c))
-    f = f.float()
     if not ok or not torch.isfinite(f).all():
         raise DataError(f"{path}: damaged: its {name} split's features or labels are not what its metadata says")
     return PackSplit(meta, name, f, y, idx)
