@@ -305,6 +305,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+# What a feature pack's features depend on (the splits follow from the source, the sizes and the
+# seed): a run from a pack must agree on each (``pack.check_fits``), and takes them from the pack.
+PACK_FIELDS = ("source", "train_size", "val_size", "test_size", "seed", "backbone", "weights", "image_size")
+
+
 # What each profile changes from the defaults above, and why.
 PROFILE_FIELDS: dict[str, dict] = {
     # The tutorial, unchanged: a GPU job (about 10.6 GFLOP per image at 300 px).

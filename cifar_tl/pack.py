@@ -23,7 +23,7 @@ import torch
 
 from . import __version__, data, features, packfile, storage
 from .checkpoint import backbone_fingerprint, weights_digest
-from .config import PROFILE_FIELDS, Config, default_data_root, resolve_device
+from .config import PACK_FIELDS, PROFILE_FIELDS, Config, default_data_root, resolve_device
 from .errors import ConfigError, DataError
 from .features import FeatureLoader
 from .models import MLPHead, TransferModel, build_backbone
@@ -32,9 +32,6 @@ from .synthetic import CLASSES as SYNTHETIC_CLASSES
 
 log = logging.getLogger(__name__)
 
-# The options a pack's features depend on; a run from a pack must agree on each. The splits
-# follow from the source, the sizes and the seed.
-FIT_FIELDS = ("source", "train_size", "val_size", "test_size", "seed", "backbone", "weights", "image_size")
 
 
 # --------------------------------------------------------------------------- making one
@@ -113,7 +110,7 @@ def check_fits(meta: dict, cfg: Config, path="feature pack") -> None:
     """Refuse (ConfigError, one line) a pack made with other data or another backbone than
     ``cfg`` asks for, naming every difference."""
     packed = _packed_config(meta, path)
-    diff = packed.diff(cfg, ignore=tuple(f for f in Config.fields() if f not in FIT_FIELDS))
+    diff = packed.diff(cfg, ignore=tuple(f for f in Config.fields() if f not in PACK_FIELDS))
     known = {"cifar100": data.cifar100_meta()["fine"], "synthetic": SYNTHETIC_CLASSES}.get(cfg.source)
     if known is not None and len(known) != len(meta["class_names"]):
         diff["num_classes"] = (len(meta["class_names"]), len(known))
@@ -136,7 +133,7 @@ def config_for(path: str | Path, **changes) -> Config:
     it fits the pack."""
     packed = _packed_config(read_meta(path), path)
     base = Config(**{**PROFILE_FIELDS.get(packed.profile, {}), "profile": packed.profile})
-    fit = {f: getattr(packed, f) for f in FIT_FIELDS}
+    fit = {f: getattr(packed, f) for f in PACK_FIELDS}
     return base.replace(**fit, features=str(path)).replace(**changes)
 
 

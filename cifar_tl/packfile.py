@@ -113,6 +113,11 @@ def _what_is(path: Path, e: Exception) -> str:
     return f"truncated, damaged or another kind of file ({one_line(e, 80)}); copy it again"
 
 
+# Each metadata field a reader relies on, with its type.
+_META_TYPES = [("backbone", str), ("engine", str), ("precision", str), ("device", str),
+               ("backbone_fingerprint", str), ("feature_dim", int), ("image_size", int), ("config", dict)]
+
+
 def _check_meta(meta: dict, keys: set) -> None:
     """Raise ValueError naming the first field a reader cannot trust."""
     if meta.get("format") != FORMAT:
@@ -127,11 +132,9 @@ def _check_meta(meta: dict, keys: set) -> None:
     wanted = {f"{s}.{part}" for s in splits for part in ("features", "labels", "index")}
     if wanted != keys:
         raise ValueError(f"tensors {sorted(keys ^ wanted)}")
-    for field in ("backbone", "engine", "precision", "backbone_fingerprint"):
-        if not isinstance(meta[field], str):
+    for field, kind in _META_TYPES:
+        if not isinstance(meta[field], kind):
             raise ValueError(field)
-    if not isinstance(meta["config"], dict) or not isinstance(meta["feature_dim"], int):
-        raise ValueError("config or feature width")
 
 
 def load(path: str | Path) -> dict[str, PackSplit | None]:
