@@ -22,7 +22,7 @@ _NAMES = {
     "enable_notices": "console", "notebook_config": "parameters",
 }
 _MODULES = ("checkpoint", "config", "console", "data", "engine", "features", "inference", "models",
-            "parameters", "pipeline", "preprocess", "storage", "viz", "widgets")
+            "pack", "parameters", "pipeline", "preprocess", "storage", "viz", "widgets")
 
 __all__ = sorted([*_NAMES, *_MODULES])
 

@@ -1,4 +1,4 @@
-"""The command line: python -m cifar_tl {run, evaluate, predict, lr-find, backbones, download}."""
+"""The command line: python -m cifar_tl {run, evaluate, predict, lr-find, pack, backbones, download}."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   python -m cifar_tl run --profile smoke --unfreeze 2 --out runs/ft   # fine-tune the top 2 stages
   python -m cifar_tl evaluate --checkpoint runs/smoke/head.pt
   python -m cifar_tl predict --checkpoint runs/smoke/head.pt photo.jpg
+  python -m cifar_tl pack                         # a teacher: every split's features in one file
+  python -m cifar_tl run --features FILE          # a student: train the head from that file, no images
   python -m cifar_tl backbones                    # what --backbone accepts
   python -m cifar_tl download                     # once, with internet, before an offline class
 """
@@ -34,6 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+_FEATURES_HELP = ("train the head from a feature pack (made by `pack`): no images, no backbone run; "
+                  "the pack's data and backbone options are the defaults")
 
 
 def _positive(text: str) -> int:
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(r)
     _model_args(r)
     r.add_argument("--out", help="output folder (default runs/<timestamp>)")
+    r.add_argument("--features", metavar="PACK", help=_FEATURES_HELP)
     r.add_argument("--epochs", type=_positive)
     r.add_argument("--lr", type=float)
     r.add_argument("--head-epochs", type=_positive, help="head-only epochs before unfreezing (default 1)")
@@ -132,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(lf)
     _model_args(lf)
     lf.add_argument("--out", help="where to write lr_find.png (default: the current folder)")
+    lf.add_argument("--features", metavar="PACK", help=_FEATURES_HELP)
+
+    k = sub.add_parser("pack", **quiet, help="a teacher's feature pack: every split's features in one file",
+                       description="Extract the frozen features of the training split (both flips), the "
+                                   "validation and the test split into one safetensors file. Students train "
+                                   "heads from it with `run --features FILE`: no images, no backbone run.")
+    _data_args(k)
+    _model_args(k)
+    k.add_argument("--out", metavar="FILE", help="the pack (default <data root>/packs/<source>-<backbone>-"
+                                                 "<size>px-<precision>.safetensors)")
 
     sub.add_parser("backbones", help="list the backbones --backbone accepts")
 
@@ -163,8 +180,13 @@ def _default_out() -> Path:
 
 
 def _config(a) -> Config:
-    """The profile's config with the typed options on top."""
+    """The profile's config with the typed options on top; with --features and no --profile, the
+    pack's own options (``pack.config_for``) with the typed ones on top."""
     try:
+        if "features" in a and "profile" not in a:
+            from . import pack
+
+            return pack.config_for(a.features, **_overrides(a)).validate()
         return Config.for_profile(getattr(a, "profile", None)).replace(**_overrides(a)).validate()
     except ConfigError as e:
         env = os.environ.get("CIFAR_TL_PROFILE")
@@ -232,6 +254,15 @@ def _lr_find(a) -> int:
     return 0
 
 
+def _pack(a) -> int:
+    from . import pack
+
+    path, meta = pack.make_pack(_config(a), getattr(a, "out", None))
+    say(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB): {pack.describe(meta)}")
+    say(f"students: copy it, then: python -m cifar_tl run --features {path.name}")
+    return 0
+
+
 def _backbones(_a) -> int:
     from .backbones import format_backbones_table
 
@@ -271,7 +302,7 @@ def _sigterm(signum, frame):
 
 
 HANDLERS = {"run": _run, "evaluate": _evaluate, "predict": _predict, "lr-find": _lr_find,
-            "backbones": _backbones, "download": _download}
+            "pack": _pack, "backbones": _backbones, "download": _download}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,9 @@ class Config:
     # end. None = 10% of the training subset (5,000 of CIFAR-100's 50,000); 0 = none, as the
     # tutorial had (it judged on test). An image folder's own val/ is used when it has one.
     val_size: int | None = _f(None, "data")
+    # A teacher's feature pack (`python -m cifar_tl pack`): the head trains from its features, with
+    # no images and no backbone run (README, "Teaching a class"); None: extract them here.
+    features: str | None = _f(None, "data")
     # model: what the head is trained on, and the head itself
     backbone: str = _f("efficientnet_v2_s", "model")  # any torchvision classification model
     weights: str | None = _f("imagenet", "model")  # "imagenet", None (random) or a state-dict file
@@ -135,6 +138,8 @@ class Config:
             self.unfreeze = int(self.unfreeze)
         if isinstance(self.hidden, (list, tuple)):
             self.hidden = tuple(_plain(h) for h in self.hidden)
+        if isinstance(self.features, os.PathLike) or (isinstance(self.features, str) and self.features.strip()):
+            self.features = str(Path(self.features).expanduser().resolve())  # works from any folder
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -237,6 +242,12 @@ class Config:
         if not isinstance(self.data_root, str) or not self.data_root:
             raise ConfigError(f"data-root must be a folder, got {self.data_root!r}")
         parse_unfreeze(self.unfreeze)
+        if self.features is not None:
+            if not isinstance(self.features, str) or not self.features.strip():
+                raise ConfigError(f"features must be a feature pack file, got {self.features!r}")
+            if self.unfreeze != 0 or not self.cache:
+                raise ConfigError(f"{'--unfreeze' if self.unfreeze != 0 else '--no-cache'} runs the backbone on "
+                                  "images, and --features trains the head from a pack without them: drop one")
         from . import data, models  # data and model modules know their own names
 
         data.check_source(self.source)
@@ -305,6 +316,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's shuffle and flips: it depends on (seed, epoch) alone, so a resumed
     run draws exactly the batches of an uninterrupted one."""
     return seed * 100_003 + epoch
+
+
+# What a feature pack's features depend on (the splits follow from the source, the sizes and the
+# seed): a run from a pack must agree on each (``pack.check_fits``), and takes them from the pack.
+PACK_FIELDS = ("source", "train_size", "val_size", "test_size", "seed", "backbone", "weights", "image_size")
 
 
 # What each profile changes from the defaults above, and why.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, engine, engines, features, finetune, parameters, runs, storage, viz
+from . import checkpoint, data, engine, engines, features, finetune, pack, parameters, runs, storage, viz
 from .config import Config, epoch_seed, resolve_device
 from .errors import CifarTLError, ConfigError, DataError, Interrupted, OutOfMemory, one_line
 from .features import FeatureLoader
@@ -117,7 +117,10 @@ def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes
 # --------------------------------------------------------------------------- the steps
 def load_data(r: runs.Run) -> None:
     """The training, validation and test splits, with the tutorial's transforms."""
-    r.train_ds, r.val_ds, r.test_ds = data.build_datasets(r.cfg)
+    if r.cfg.features:
+        pack.load_data(r)
+    else:
+        r.train_ds, r.val_ds, r.test_ds = data.build_datasets(r.cfg)
     if len(r.train_ds) == 0 or len(r.test_ds) == 0:
         raise DataError(f"{r.cfg.source}: the {'training' if len(r.train_ds) == 0 else 'test'} split is empty")
     val = f"{len(r.val_ds)} validation" if r.val_ds is not None else "no validation (--val-size 0)"
@@ -126,6 +129,8 @@ def load_data(r: runs.Run) -> None:
 
 def build_model(r: runs.Run) -> None:
     """The frozen backbone and a fresh head sized from the backbone and the data."""
+    if r.cfg.features:
+        return pack.build_model(r)
     backbone = build_backbone(r.cfg.backbone, r.cfg.weights, r.cfg.seed)
     r.fingerprint = checkpoint.backbone_fingerprint(backbone)
     head = MLPHead(backbone.num_features, len(r.train_ds.classes), r.cfg.hidden, r.cfg.standardizes())
@@ -135,6 +140,8 @@ def build_model(r: runs.Run) -> None:
 def make_loaders(r: runs.Run, judged: tuple[str, ...] = ("val", "test")) -> None:
     """Cached features (the fast path) or the tutorial's image loaders, and what trains on them;
     loaders of the ``judged`` splits too (lr-find needs none: it never looks at them)."""
+    if r.cfg.features:
+        return pack.make_loaders(r, judged)
     cfg, model = r.cfg, r.model
     if cfg.cache:
         # Only the views that the run's epochs sample are extracted (one per image for one

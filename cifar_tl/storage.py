@@ -25,7 +25,8 @@ import torch
 
 from .errors import StorageError, one_line
 
-__all__ = ["STALE_TEMP_SECONDS", "atomic_save", "check_writable", "remove_stale_temps", "write_json"]
+__all__ = ["STALE_TEMP_SECONDS", "atomic_save", "check_writable", "remove_stale_temps", "write_bytes",
+           "write_json"]
 
 # Temp files are named after the host and process that write them, so that a later save can tell
 # a dead writer's leftovers from a file another process is writing right now (a shared folder).
@@ -57,6 +58,11 @@ def write_json(path: str | Path, obj, indent: int = 2) -> Path:
     """
     text = json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n"
     return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_bytes(path: str | Path, content: bytes) -> Path:
+    """Write ``content`` to ``path`` atomically (as ``atomic_save``): a feature pack's file."""
+    return _write_atomic(path, lambda f: f.write(content))
 
 
 def _finite(obj):
