@@ -10,11 +10,24 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, engine, engines, features, finetune, pack, parameters, runs, storage, viz
+from . import (
+    checkpoint,
+    data,
+    engine,
+    engines,
+    features,
+    finetune,
+    pack,
+    parameters,
+    results,
+    runs,
+    storage,
+    viz,
+)
 from .config import Config, epoch_seed, resolve_device
 from .errors import CifarTLError, ConfigError, DataError, Interrupted, OutOfMemory, one_line
 from .features import FeatureLoader
-from .models import MLPHead, TransferModel, build_backbone, count_parameters, normalization
+from .models import MLPHead, TransferModel, build_backbone, normalization
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +92,7 @@ def _steps(r: runs.Run) -> dict:
         else:
             ev = engine.evaluate(r.trainee, r.test_loader, r.device, r.cfg.progress)
     r.seconds["total"] = round(time.perf_counter() - t0, 3)
-    return report(r, ev)
+    return results.report(r, ev)
 
 
 def _start(cfg: Config | None, out: Path, resume: bool, overwrite: bool, changes: dict) -> runs.Run:
@@ -204,27 +217,13 @@ def begin(r: runs.Run) -> None:
         log.info("resuming after epoch %d of %d", len(r.history), r.cfg.total_epochs())
 
 
-def _head_meta(r: runs.Run) -> dict:
-    ds = r.train_ds
-    return dict(class_names=ds.classes, coarse_classes=getattr(ds, "coarse_classes", None),
-                fine_to_coarse=getattr(ds, "fine_to_coarse", None), backbone_fingerprint=r.fingerprint)
-
-
 def train(r: runs.Run, epochs: int) -> None:
     """The head's epochs (all of a frozen run; the head phase of a fine-tuning one). After each,
     its files are written together, so nothing finished is lost."""
     def on_epoch_end(row, _model, opt):
         if r.cfg.unfreeze:
             row["phase"] = "head"
-        with runs.signals_deferred():
-            rows = [*r.history, row]
-            r.write("state.pt", {"format": runs.STATE_FORMAT, "config": r.cfg.to_dict(), "history": rows,
-                                 "head": r.model.head.state_dict(), "optimizer": opt.state_dict()})
-            checkpoint.save_head(r.out / "head.pt", r.model.head, config=r.cfg, metrics=row, **_head_meta(r))
-            r.record("head.pt")
-            r.write("history.json", rows, "json")
-            r.history.append(row)
-        _say_epoch(row, len(r.history), r.cfg.total_epochs())
+        results.save_epoch(r, row, opt)
 
     # The tiny head trains faster on one CPU thread (engine.head_threads); the tutorial path
     # runs the backbone every step and keeps all threads.
@@ -256,83 +255,11 @@ def fine_tune(r: runs.Run) -> None:
                                "delete it to train again from epoch 1 with --resume") from None
 
     def on_epoch_end(row, _model, opt):
-        with runs.signals_deferred():
-            rows = [*r.history, row]
-            r.write("state.pt", {"format": runs.STATE_FORMAT, "config": cfg.to_dict(), "history": rows,
-                                 "phase": "fine-tune", "backbone": finetune.trained_state(model.backbone),
-                                 "head": model.head.state_dict(), "optimizer": opt.state_dict()})
-            finetune.save_model(r.out / "model.pt", model, config=cfg, metrics=row, **_head_meta(r))
-            r.record("model.pt")
-            r.write("history.json", rows, "json")
-            r.history.append(row)
-        _say_epoch(row, len(r.history), cfg.total_epochs())
+        results.save_epoch(r, row, opt, fine_tuned=True)
 
     done = [row for row in r.history if row.get("phase") == "fine-tune"]
     finetune.fine_tune(model, r.train_ds, r.val_ds, cfg, r.device, epochs=cfg.epochs, history=done,
                        optimizer=r.optimizer, batch_size=None, on_epoch_end=on_epoch_end)
-
-
-def _say_epoch(row: dict, done: int, total: int) -> None:
-    """One line per epoch: training loss and accuracy, and the validation accuracy (never test)."""
-    val = f"; validation accuracy {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
-    log.info("epoch %d/%d: train loss %.4f, accuracy %.4f%s", done, total, row["train_loss"],
-             row["train_accuracy"], val)
-
-
-def _training_facts(r: runs.Run) -> dict:
-    """Trainable and frozen parameters, the learning rate of each parameter group, and the
-    fine-tuning throughput, for metrics.json."""
-    params = count_parameters(r.model)
-    facts = {"trainable_params": params["trainable"], "frozen_params": params["frozen"],
-             "lr_groups": {g.get("name", "head"): g.get("base_lr", g["lr"]) for g in r.optimizer.param_groups}}
-    last = next((row for row in reversed(r.history) if row.get("phase") == "fine-tune"), None)
-    if last is not None:
-        facts.update(images_per_second=last["images_per_second"], fine_tune_batch_size=last["batch_size"])
-    return facts
-
-
-def report(r: runs.Run, ev) -> dict:
-    """metrics.json, the final head.pt and history.json, and the plots."""
-    cfg = r.cfg
-    if r.store is not None:  # read now: views extracted on demand during training count too
-        r.cache_info["train"] = r.store.info
-    last = r.history[-1] if r.history else {}
-    metrics = {
-        "val_accuracy": last.get("val_accuracy"),
-        "val_top5": last.get("val_top5"),
-        "val_loss": last.get("val_loss"),
-        "n_val": len(r.val_ds) if r.val_ds is not None else 0,
-        "test_accuracy": ev.accuracy,
-        "test_top5": ev.top5,
-        "test_loss": ev.loss,
-        "n_test": ev.n,
-        "n_train": len(r.train_ds),
-        "epochs": len(r.history),
-        "seconds": r.seconds,
-        **_training_facts(r),
-        "device": str(r.device),
-        **r.backbone_run,
-        "cache": r.cache_info,
-        "config": cfg.to_dict(),
-    }
-    if cfg.unfreeze:  # the head alone would be wrong for the fine-tuned backbone
-        finetune.save_model(r.out / "model.pt", r.model, config=cfg, metrics=metrics, **_head_meta(r))
-        r.record("model.pt")
-        (r.out / "head.pt").unlink(missing_ok=True)
-    else:
-        checkpoint.save_head(r.out / "head.pt", r.model.head, config=cfg, metrics=metrics, **_head_meta(r))
-        r.record("head.pt")
-    r.write("history.json", r.history, "json")
-    r.write("metrics.json", metrics, "json")
-    try:
-        for path in viz.save_report(r.out, r.history, ev, r.train_ds):
-            r.record(Path(path).name)
-    except Exception as e:  # the plots are a convenience: the results are already on disk
-        log.warning("note: could not draw the plots (%s: %s)", e.__class__.__name__, one_line(e, 100))
-    top5 = f" (top-5 {ev.top5:.4f})" if ev.top5 is not None else ""
-    log.info("test accuracy %.4f%s on %d test images (evaluated once, after training); %.1f s; wrote %s",
-             ev.accuracy, top5, ev.n, r.seconds["total"], r.out)
-    return metrics
 
 
 class _EpochSeeded:
