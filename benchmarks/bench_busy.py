@@ -48,6 +48,7 @@ SETTINGS = {
     "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "SPIN=0": {"GOMP_SPINCOUNT": "0"},
     "SPIN=1000": {"GOMP_SPINCOUNT": "1000"},
+    "SPIN=5000": {"GOMP_SPINCOUNT": "5000"},
     "SPIN=10000": {"GOMP_SPINCOUNT": "10000"},
     "SPIN=20000": {"GOMP_SPINCOUNT": "20000"},
     "SPIN=50000": {"GOMP_SPINCOUNT": "50000"},
@@ -70,7 +71,7 @@ def _timed(step, seconds: float, warmup: int = 1) -> tuple[int, float]:
             return items, elapsed
 
 
-def child(seconds: float) -> None:
+def child(seconds: float, paths: list[str]) -> None:
     """Prints one JSON line per path as it is done (a parent that runs out of time keeps those)."""
     if os.environ.get(TORCH_FIRST):
         import torch
@@ -81,7 +82,14 @@ def child(seconds: float) -> None:
     from cifar_tl.config import Config
     from cifar_tl.models import MLPHead, TransferModel, build_backbone
 
-    def head_rates() -> None:
+    def report(**values) -> None:
+        print(json.dumps(values), flush=True)
+
+    torch.manual_seed(0)
+    report(threads=torch.get_num_threads(),
+           env={k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ})
+
+    if "head" in paths:
         feats, targets = torch.randn(80, 2, 1280), torch.randint(0, 100, (80,))  # 10 steps an epoch
         head = MLPHead(1280, 100, hidden=(256, 256))
         hopt = engine.make_optimizer(head)
@@ -94,51 +102,46 @@ def child(seconds: float) -> None:
             return len(loader)
 
         before = torch.get_num_threads()
-        for threads in (before, 1):
+        for threads in sorted({before, 1}, reverse=True):
             torch.set_num_threads(threads)
             n, s = _timed(head_epoch, seconds / 2)
             report(**{f"head_{threads}t": n / s})
         torch.set_num_threads(before)
 
-    def report(**values) -> None:
-        print(json.dumps(values), flush=True)
+    if "extract" in paths:
+        bb = build_backbone("efficientnet_v2_s", weights=None)
+        images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+        n, s = _timed(lambda: len(features.extract(bb, images, 64, "cpu", features.VIEWS_TRAIN, progress=False)),
+                      seconds)
+        report(extract=n / s)
 
-    torch.manual_seed(0)
-    report(threads=torch.get_num_threads(),
-           env={k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ})
-    head_rates()
+    if "finetune" in paths:
+        cfg = Config.for_profile("smoke", image_size=64, progress=False)
+        model = TransferModel.from_config(cfg, num_classes=100)
+        finetune.unfreeze(model.backbone, 2)
+        model.to(memory_format=torch.channels_last).train()
+        opt = finetune.make_optimizer(model, 1e-3, cfg.lr_decay, 0.01)
+        x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 100, (8,))
 
-    bb = build_backbone("efficientnet_v2_s", weights=None)
-    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
-    n, s = _timed(lambda: len(features.extract(bb, images, 64, "cpu", features.VIEWS_TRAIN, progress=False)), seconds)
-    report(extract=n / s)
+        def ft_step() -> int:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return len(y)
 
-    cfg = Config.for_profile("smoke", image_size=64, progress=False)
-    model = TransferModel.from_config(cfg, num_classes=100)
-    finetune.unfreeze(model.backbone, 2)
-    model.to(memory_format=torch.channels_last).train()
-    opt = finetune.make_optimizer(model, 1e-3, cfg.lr_decay, 0.01)
-    x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (8,))
-
-    def ft_step() -> int:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return len(y)
-
-    n, s = _timed(ft_step, seconds)
-    report(finetune=n / s)
+        n, s = _timed(ft_step, seconds)
+        report(finetune=n / s)
 
 
 # --------------------------------------------------------------------------- the parent
-def run_child(setting: str, busy: bool, seconds: float, limit: float) -> dict:
+def run_child(setting: str, busy: bool, seconds: float, limit: float, paths: str) -> dict:
     """The child's figures; a path not done within ``limit`` seconds is missing (too slow to time)."""
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env.update(SETTINGS[setting], PYTHONPATH=str(ROOT))
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if busy else 0)]
-    child_ = subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds)], env=env,
+    child_ = subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--paths", paths], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     got: dict = {"timed_out": False}
     try:
@@ -171,10 +174,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per path in each child")
     p.add_argument("--limit", type=float, default=300.0,
                    help="seconds a child may take in all; paths it has not done by then are shown as '-'")
+    p.add_argument("--paths", default="head,extract,finetune", help="which of head, extract, finetune to time")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.seconds)
+        child(a.seconds, a.paths.split(","))
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the busy processes end too
     names = list(SETTINGS) if a.settings == "all" else a.settings.split(",")
@@ -191,23 +195,24 @@ def main() -> None:
         print(f"round {r + 1}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
         for name in names:
             for busy in (False, True):
-                res = run_child(name, busy, a.seconds, a.limit)
+                res = run_child(name, busy, a.seconds, a.limit, a.paths)
                 got.setdefault((name, busy), []).append(res)
                 print(f"  {name:12s} {'busy' if busy else 'idle'}: "
-                      + ", ".join(f"{k} {_fmt(res.get(k))}" for k, _ in PATHS)
+                      + ", ".join(f"{k} {_fmt(res.get(k))}" for k, _ in PATHS if k in res)
                       + f"  ({res['threads']} threads, {res['env']}{', timed out' if res['timed_out'] else ''})",
                       flush=True)
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     # A path a child did not finish counts as 0 in the median: its speed was below what was timed.
-    med = {key: {k: statistics.median(r.get(k, 0.0) for r in rows) for k, _ in PATHS} for key, rows in got.items()}
+    timed = [(k, unit) for k, unit in PATHS if k.split("_")[0] in a.paths.split(",")]
+    med = {key: {k: statistics.median(r.get(k, 0.0) for r in rows) for k, _ in timed} for key, rows in got.items()}
     base = names[0]
     print(f"\nmedians over {a.rounds} rounds; busy = beside two `while True: pass` processes; "
           f"'idle vs {base}' = this setting's idle speed / {base}'s idle speed")
     print(f"| setting | path | idle | busy | busy, % of its idle | idle vs {base} |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        for k, unit in PATHS:
+        for k, unit in timed:
             idle, busy = med[(name, False)][k], med[(name, True)][k]
             print(f"| {name} | {k} | {_fmt(idle)} {unit} | {_fmt(busy)} | {_pct(busy, idle)} | "
                   f"{_pct(idle, med[(base, False)][k])} |")
