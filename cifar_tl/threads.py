@@ -22,9 +22,10 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-# Chosen by benchmarks/bench_busy.py: a short spin (GNU OpenMP's own default is 300,000 rounds,
-# 0 is OMP_WAIT_POLICY=PASSIVE) keeps the idle speed and most of the busy machine's fair share.
-DEFAULTS = {"GOMP_SPINCOUNT": "20000"}
+# Chosen by benchmarks/bench_busy.py (benchmarks/README.md, "CPU speed on a busy machine"): a
+# waiting thread spins 1,000 rounds (about 25 us on the 2-core machine there) and then sleeps. GNU OpenMP's own default is 300,000 rounds (about 7 ms, longer than
+# the time slice the partner thread needs); 0 is OMP_WAIT_POLICY=PASSIVE (a wake-up per operation).
+DEFAULTS = {"GOMP_SPINCOUNT": "1000"}
 # Any of these in the environment is the user's own choice of how threads wait: left as it is.
 USER_CHOICE = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
