@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib
 
+from . import threads
+
 __version__ = "0.1.0"
+
+# Before anything imports torch: how its CPU threads wait for work (OpenMP reads it once, when
+# torch loads it). Never over a choice of the user's; too late, and so nothing, if torch is loaded.
+threads.set_defaults()
 
 # Names are imported on first use (PEP 562): `python -m cifar_tl` starts without importing torch
 # here, so a Ctrl-C in the first seconds reaches the command line's own handler, and
@@ -22,7 +28,7 @@ _NAMES = {
     "enable_notices": "console", "notebook_config": "parameters",
 }
 _MODULES = ("checkpoint", "config", "console", "data", "engine", "features", "inference", "models",
-            "pack", "parameters", "pipeline", "preprocess", "storage", "viz", "widgets")
+            "pack", "parameters", "pipeline", "preprocess", "storage", "threads", "viz", "widgets")
 
 __all__ = sorted([*_NAMES, *_MODULES])
 

@@ -1,4 +1,8 @@
-"""Entry point for ``python -m cifar_tl``."""
+"""Entry point for ``python -m cifar_tl``.
+
+Python imports the package first: its ``threads.set_defaults()`` has run before the imports below
+load torch (tests/test_threads.py checks that the command's process gets the defaults).
+"""
 
 import signal
 import sys

@@ -1,4 +1,4 @@
-"""The loops (train_one_epoch, evaluate, fit, predict) for images and cached features, and the head's CPU threads."""
+"""The loops (train_one_epoch, evaluate, fit, predict) for images and cached features."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import random
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .config import epoch_seed
 from .errors import TrainingDiverged
+from .threads import head_threads, per_model  # noqa: F401  (head_threads: engine's public name too)
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +33,11 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
-@contextmanager
-def head_threads(device, threads: int = 1):
-    """Train a head on cached features with ``threads`` CPU threads (restored after).
-
-    The head's matrices are tiny (batch 8 x 1280 x 256): on a CPU, splitting each across two
-    threads costs more in synchronisation than it saves, and when anything else runs on the
-    machine the threads wait for each other's time slices (benchmarks/README.md, "Threads for
-    the head"). No effect on GPUs.
-    """
-    before = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(min(threads, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _bar(loader, desc: str, progress: bool):
     return tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stdout)
 
 
+@per_model
 def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, device, progress: bool = True,
                     desc: str = "train") -> dict:
     """One pass over loader. Returns the sample-weighted mean loss and accuracy."""
@@ -96,6 +79,7 @@ class Evaluation:
 
 
 @torch.inference_mode()
+@per_model
 def evaluate(model: nn.Module, loader, device, progress: bool = True, desc: str = "evaluate") -> Evaluation:
     """Every sample of loader exactly once (no sampling, no flips), top-1 and top-5, weighted by sample."""
     model.eval()
@@ -134,6 +118,7 @@ def _set_epoch(loader, seed: int, epoch: int) -> None:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
+@per_model
 def fit(
     model: nn.Module,
     train_loader,
@@ -200,6 +185,7 @@ def predict(model: nn.Module, x: torch.Tensor, device="cpu", k: int = 5) -> tupl
 
 
 # --------------------------------------------------------------------------- learning-rate finder
+@per_model
 def lr_find(model: nn.Module, loader, device="cpu", *, start_lr: float = 1e-7, end_lr: float = 10.0,
             steps: int = 100, beta: float = 0.98, diverge: float = 4.0, optimizer_fn=None,
             loss_fn=None) -> dict:

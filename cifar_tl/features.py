@@ -23,6 +23,7 @@ from .images import FolderImages, images_uint8
 from .memory import fit_batch
 from .preprocess import preprocess
 from .storage import atomic_save
+from .threads import warn_if_late
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def extract(backbone: torch.nn.Module, images: torch.Tensor | FolderImages, imag
         dtype = amp_dtype(device, amp)
         runner = BackboneRunner(backbone, device, {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, "fp16"))
     device = runner.device
+    warn_if_late(device)  # torch resizes the images, and runs the backbone unless OpenVINO does
     cuda = device.type == "cuda"
     bs = fit_batch(backbone, image_size, batch_size or default_extract_batch(device, image_size),
                    len(views), device)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import engine
+from . import engine, threads
 from .config import epoch_seed, parse_unfreeze
 from .engines import resolve_precision
 from .errors import ConfigError, TrainingDiverged
@@ -162,6 +162,7 @@ def largest_batch(model: TransferModel, image_size: int, device, start: int = 8,
 
 
 # --------------------------------------------------------------------------- training
+@threads.per_model
 def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: int, history=None,
               optimizer=None, batch_size: int | None = None, on_epoch_end=None) -> list[dict]:
     """Train the unfrozen stages and the head for ``epochs`` epochs (continuing after
