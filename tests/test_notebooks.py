@@ -284,3 +284,28 @@ def test_the_tutorials_chinese_comments_are_kept_verbatim(name):
     code = _code(ROOT / "notebooks" / name)
     for comment in TUTORIAL_COMMENTS[name]:
         assert comment in code, f"{name}: the tutorial's comment {comment!r} is missing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_parameters_are_checked_before_any_work(path):
+    """papermill's -p epochs 0 (or -1, 1.5) is refused at once in one line: the cell that builds the
+    config passes every numeric parameter of the parameters cell to notebook_config, and nothing
+    turns a 0 into the profile's value with ``or``."""
+    code = [c for c in cells(path) if c["cell_type"] == "code"]
+    params = next(c for c in code if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = [m.group(1) for m in re.finditer(r"^(\w+(?:, \w+)*) = ", "".join(params["source"]), re.M)]
+    values = {}
+    exec("".join(params["source"]), {}, values)  # noqa: S102  (the notebook's own parameters cell)
+    numeric = [n for n in values if isinstance(values[n], (int, float)) and not isinstance(values[n], bool)
+               or values[n] is None and n != "profile" and not n.endswith("_path")]
+    builder = "".join(next(c for c in code if "notebook_config(" in "".join(c["source"]))["source"])
+    call = builder[builder.index("notebook_config("):]
+    call = call[: call.index(")") + 1]
+    assert names, "no parameters found"
+    for name in numeric:
+        assert re.search(rf"=\s*{name}\b", call), f"{path.name}: {name} is not checked by notebook_config"
+    source = "".join("".join(c["source"]) for c in code)
+    assert not re.search(r"\b(\w+) = \1 or cfg\.", source), "`x = x or cfg.x` turns 0 into the profile's value"
+    first = next(i for i, c in enumerate(code) if re.search(r"^import torch", "".join(c["source"]), re.M))
+    lines = [line for line in "".join(code[first]["source"]).splitlines() if line.startswith("import ")]
+    assert lines[0].startswith("import cifar_tl"), "cifar_tl must load before torch (cifar_tl.threads)"
