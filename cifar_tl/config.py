@@ -250,17 +250,18 @@ def parse_unfreeze(value) -> int | str:
 
 def normalize_weights(weights) -> str | None:
     """The one reading of ``weights``: None / "none" / "random" -> None (random initialisation),
-    "imagenet" (any case) -> "imagenet", anything else -> an absolute path to a state-dict file
+    "imagenet" or "synthetic" (any case) -> itself (``synthetic``: pretrained by the package on
+    generated images, ``pretrain.py``), anything else -> an absolute path to a state-dict file
     (stored absolute so that a checkpoint works from any folder)."""
     if weights is None:
         return None
     if not isinstance(weights, (str, os.PathLike)):
-        raise ConfigError(f"weights must be 'imagenet', 'none' or a file, got {weights!r}")
+        raise ConfigError(f"weights must be 'imagenet', 'synthetic', 'none' or a file, got {weights!r}")
     text = os.fspath(weights).strip()
     if text.lower() in ("none", "random", ""):
         return None
-    if text.lower() == "imagenet":
-        return "imagenet"
+    if text.lower() in ("imagenet", "synthetic"):
+        return text.lower()
     return str(Path(text).expanduser().resolve())
 
 
