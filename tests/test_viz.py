@@ -234,7 +234,9 @@ def test_smoke_note_only_for_synthetic_data_or_a_random_backbone():
     from cifar_tl import Config
 
     note = viz.smoke_note(Config.for_profile("smoke"))
-    assert "synthetic images" in note.data and "random" in note.data and "CIFAR-100" in note.data
+    assert "synthetic images" in note.data and "generated images" in note.data and "CIFAR-100" in note.data
+    assert "random" in viz.smoke_note(Config.for_profile("smoke", weights=None)).data
+    assert "synthetic images" in viz.smoke_note(Config.for_profile("smoke", source="synthetic-sketch")).data
     assert viz.smoke_note(Config.for_profile("cpu")) is None
 
 
