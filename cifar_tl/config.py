@@ -296,8 +296,6 @@ PROFILE_FIELDS: dict[str, dict] = {
         batch_size=32,
         precision="fp32",
         engine="torch",
-        # LR_DECAY_PLACEHOLDER
-        lr_decay=0.001,
     ),
 }
 
