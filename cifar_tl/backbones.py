@@ -226,6 +226,26 @@ def _build_classifier(name: str, weights, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return _get_model(name, weights=None)
+    if weights == "synthetic":  # pretrained by the package on generated images (pretrain.py)
+        from . import pretrain
+
+        def extractor(pretrain_seed: int) -> nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(pretrain_seed)
+                model, _ = _strip_classifier(_get_model(name, weights=None), name)
+            model.name = name
+            return model
+
+        state = pretrain.synthetic_state(name, extractor)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _get_model(name, weights=None)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        path = _classifier_path(model, len(imagenet_weights(name).meta.get("categories") or range(1000)))
+        if unexpected or any(not k.startswith(BACKBONES.get(name, {}).get("cut") or path) for k in missing):
+            raise CheckpointError(f"the synthetic weights of {name} do not fit its architecture: delete "
+                                  f"{pretrain.checkpoints_dir()}/{pretrain.file_stem(name)}-*.pt to rebuild them")
+        return model
     if weights == "imagenet":
         return _imagenet_classifier(name)
     path = Path(weights)

@@ -27,6 +27,9 @@ from .storage import atomic_save
 FORMAT = "cifar_tl.head"
 # 2: one checksum covers the metadata as well as the weights; weights from a file carry its digest.
 FORMAT_VERSION = 2
+# Weights named rather than given as a file: no file digest to store (the backbone fingerprint
+# proves which weights a head was trained on).
+NAMED_WEIGHTS = (None, "imagenet", "synthetic")
 # Widths and class counts above this are damaged numbers, not models: refuse before allocating.
 _MAX_WIDTH = 1 << 20
 # What a file starts with, to say what it is when it is not a torch file (zip, or legacy pickle).
@@ -53,7 +56,7 @@ def head_blob(head: MLPHead, *, config, class_names, coarse_classes=None, fine_t
     """
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     weights = cfg["weights"]
-    if weights not in (None, "imagenet"):
+    if weights not in NAMED_WEIGHTS:
         weights = str(Path(weights).expanduser().resolve())
     state_dict = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     blob = {
@@ -62,7 +65,7 @@ def head_blob(head: MLPHead, *, config, class_names, coarse_classes=None, fine_t
         "state_dict": state_dict,
         "backbone": cfg["backbone"],
         "weights": weights,
-        "weights_sha256": weights_digest(weights) if weights not in (None, "imagenet") else None,
+        "weights_sha256": weights_digest(weights) if weights not in NAMED_WEIGHTS else None,
         "image_size": int(cfg["image_size"]),
         "num_classes": int(head.num_classes),
         "feature_dim": int(head.in_dim),
@@ -196,7 +199,7 @@ def _field_checks(b: dict) -> list[tuple[str, bool, str]]:
     return [
         ("backbone", isinstance(b.get("backbone"), str) and re.fullmatch(r"[\w.]{1,100}", b["backbone"])
          is not None, "a model name"),
-        ("weights", b.get("weights") is None or isinstance(b["weights"], str), "None, 'imagenet' or a path"),
+        ("weights", b.get("weights") is None or isinstance(b["weights"], str), "None, 'imagenet', 'synthetic' or a path"),
         ("weights_sha256", b.get("weights_sha256") is None or (isinstance(b["weights_sha256"], str)
                                                               and re.fullmatch(r"[0-9a-f]{64}", b["weights_sha256"])
                                                               is not None), "a sha256 digest"),
@@ -242,7 +245,7 @@ def check_weights_file(meta: dict, path="checkpoint") -> None:
         CheckpointError: the file's sha256 is not the one stored when the head was trained.
     """
     weights = meta.get("weights")
-    if weights in (None, "imagenet"):
+    if weights in NAMED_WEIGHTS:
         return
     if not Path(weights).is_file():
         raise AssetMissingError(f"{path} was trained on backbone weights from {weights}, which is not "

@@ -90,7 +90,8 @@ def _model_args(q) -> None:
                         "training subset; 0: none, as the tutorial)")
     q.add_argument("--batch-size", type=_positive)
     q.add_argument("--backbone", metavar="NAME", help="any torchvision classification model (see `backbones`)")
-    q.add_argument("--weights", help="imagenet | none | PATH to a state dict")
+    q.add_argument("--weights", help="imagenet | synthetic (pretrained here on generated images, built once, "
+                   "offline; the smoke default) | none (random) | PATH to a state dict")
     q.add_argument("--standardize", dest="standardize", action="store_const", const=True,
                    help="standardise the features before the head (default: only for random weights)")
     q.add_argument("--seed", type=int)
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list the backbones --backbone accepts")
 
-    d = sub.add_parser("download", help="fetch CIFAR-100 and ImageNet weights once, for offline rooms")
+    d = sub.add_parser("download", help="fetch CIFAR-100 and ImageNet weights, and build the synthetic weights, once, for offline rooms")
     d.add_argument("--root", help="data folder (default $CIFAR_TL_DATA or ~/.cache/cifar_tl)")
     d.add_argument("--backbone", action="append", metavar="NAME",
                    help="weights to fetch (repeatable; default efficientnet_v2_s)")
@@ -292,6 +293,10 @@ def _download(a) -> int:
     for name in names:
         build_backbone(name, "imagenet")
         say(f"{name} ImageNet weights are in {weights_file(name)}")
+    build_backbone("resnet18", "synthetic")
+    from .pretrain import checkpoints_dir
+
+    say(f"resnet18 synthetic weights (the smoke profile's) are in {checkpoints_dir()}")
     say("offline classroom: copy both folders to each machine (or set CIFAR_TL_DATA and TORCH_HOME)")
     return 0
 

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # The ImageNet statistics the pretrained backbones were trained with (the tutorial's Normalize).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SOURCE_SYNTAX = "cifar100, synthetic or folder:PATH"
+SOURCE_SYNTAX = "cifar100, synthetic, synthetic-sketch or folder:PATH"
 
 
 @lru_cache(maxsize=1)
@@ -217,10 +217,15 @@ def _cifar100_source(cfg, train: bool, download: bool, arg: str) -> CIFAR100:
     return cifar100(Path(cfg.data_root) / "cifar100", train=train, download=download)
 
 
-def _synthetic_source(cfg, train: bool, download: bool, arg: str) -> SyntheticCIFAR:
+def _synthetic_source(cfg, train: bool, download: bool, arg: str, style: str = "photo") -> SyntheticCIFAR:
     size = cfg.train_size if train else cfg.test_size
     per_class = -(-size // 100) if size else (500 if train else 100)
-    return SyntheticCIFAR(train=train, n_per_class=per_class, seed=cfg.seed)
+    return SyntheticCIFAR(train=train, n_per_class=per_class, seed=cfg.seed, style=style)
+
+
+def _sketch_source(cfg, train: bool, download: bool, arg: str) -> SyntheticCIFAR:
+    """The synthetic classes drawn as outlines on paper: a shifted domain for fine-tuning."""
+    return _synthetic_source(cfg, train, download, arg, style="sketch")
 
 
 def _folder_source(cfg, train: bool, download: bool, arg: str) -> ImageFolderSource:
@@ -230,7 +235,7 @@ def _folder_source(cfg, train: bool, download: bool, arg: str) -> ImageFolderSou
 # name -> builder(cfg, train, download, argument after "name:"): every builder returns a whole
 # split that follows the dataset contract.
 SOURCES: dict[str, Callable] = {"cifar100": _cifar100_source, "synthetic": _synthetic_source,
-                                "folder": _folder_source}
+                                "synthetic-sketch": _sketch_source, "folder": _folder_source}
 
 
 def check_source(source) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, data, features, packfile, storage
-from .checkpoint import backbone_fingerprint, weights_digest
+from .checkpoint import NAMED_WEIGHTS, backbone_fingerprint, weights_digest
 from .config import PACK_FIELDS, PROFILE_FIELDS, Config, default_data_root, resolve_device
 from .errors import ConfigError, DataError
 from .features import FeatureLoader
@@ -63,7 +63,7 @@ def make_pack(cfg: Config, path: str | Path | None = None) -> tuple[Path, dict]:
     ds = made.pop("classes")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
             "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
-            "weights_sha256": weights_digest(cfg.weights) if cfg.weights not in (None, "imagenet") else None,
+            "weights_sha256": weights_digest(cfg.weights) if cfg.weights not in NAMED_WEIGHTS else None,
             "backbone_fingerprint": backbone_fingerprint(backbone), "feature_dim": backbone.num_features,
             **made, "device": device.type, "class_names": list(ds.classes),
             "coarse_classes": getattr(ds, "coarse_classes", None),

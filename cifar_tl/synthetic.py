@@ -1,4 +1,4 @@
-"""A deterministic, learnable, CIFAR-like synthetic dataset (hue x texture) for offline use."""
+"""A deterministic, learnable, CIFAR-like synthetic dataset (hue x texture) for offline use, as photos or sketches."""
 
 from __future__ import annotations
 
@@ -84,9 +84,14 @@ def _masks(texture: int, p: dict[str, np.ndarray], y: np.ndarray, x: np.ndarray)
     return m.astype(np.float32)
 
 
+STYLES = ("photo", "sketch")
+
+
 def _generate(
-    rng: np.random.Generator, n_per_class: int, size: int
+    rng: np.random.Generator, n_per_class: int, size: int, style: str = "photo"
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``style``: "photo" (a hue's texture filled in over a dark background, with clutter) or
+    "sketch" (the same classes as coloured outlines on a light background: a shifted domain)."""
     n_classes = len(CLASSES)
     labels = rng.permutation(np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class))
     n = labels.size
@@ -99,17 +104,26 @@ def _generate(
     fg = _hsv_to_rgb(_HUE_DEGREES[hue_idx] + u(-4, 4), u(0.8, 1.0), u(0.85, 1.0))
     bg = _hsv_to_rgb(u(0, 360), u(0.0, 0.25), u(0.05, 0.35))  # dull, dark, any hue
     params = {
-        "period": size * u(0.28, 0.38),
+        "period": size * u(0.22, 0.42),
         "phase_x": u(0, size),
         "phase_y": u(0, size),
-        "cx": size * u(0.35, 0.65),
-        "cy": size * u(0.35, 0.65),
-        "radius": size * u(0.25, 0.38),
+        "cx": size * u(0.28, 0.72),
+        "cy": size * u(0.28, 0.72),
+        "radius": size * u(0.2, 0.38),
         "width": size * u(0.08, 0.12),
         "angle": u(0, 2 * np.pi),
         "sign": np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32),
     }
     img = rng.standard_normal((n, size, size, 3), dtype=np.float32)
+    # The texture covers a random window (55-100% of each side); clutter: up to two blobs of any
+    # colour, a part of the scene that is not the class.
+    win = [size * u(0.0, 0.45) for _ in range(2)]
+    win = [*win, *(w + size * u(0.55, 1.0) for w in win)]
+    clutter = [(size * u(0, 1), size * u(0, 1), size * u(0.06, 0.12), rng.random(n) < 0.6,
+                _hsv_to_rgb(u(0, 360), u(0.0, 1.0), u(0.3, 1.0))) for _ in range(2)]
+    if style == "sketch":
+        fg = _hsv_to_rgb(_HUE_DEGREES[hue_idx] + u(-4, 4), u(0.85, 1.0), u(0.55, 0.85))
+        bg = _hsv_to_rgb(u(0, 360), u(0.0, 0.12), u(0.8, 0.97))  # paper: light, nearly grey
 
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     alpha = np.empty((n, size, size), dtype=np.float32)
@@ -117,34 +131,49 @@ def _generate(
         idx = np.flatnonzero(tex_idx == t)
         p = {k: v[idx, None, None] for k, v in params.items()}
         alpha[idx] = _masks(t, p, y, x)
-    # In-place compositing, in 0..255 units: noise * 8 + bg + (fg - bg) * alpha.
+    x0, y0, x1, y1 = (w[:, None, None] for w in win)
+    alpha *= (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+    if style == "sketch":  # outlines: where the (3-level) coverage changes from a neighbour
+        q = np.rint(alpha * 3)
+        alpha = np.zeros_like(alpha)
+        alpha[:, :, 1:] += q[:, :, 1:] != q[:, :, :-1]
+        alpha[:, 1:, :] += q[:, 1:, :] != q[:, :-1, :]
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+    # In-place compositing, in 0..255 units: noise * 8 + bg, clutter, then (fg - bg) * alpha.
     img *= 8.0
     img += 255.0 * bg[:, None, None, :]
-    img += (255.0 * (fg - bg))[:, None, None, :] * alpha[..., None]
+    for cx, cy, rad, on, colour in clutter:
+        d2 = (x - cx[:, None, None]) ** 2 + (y - cy[:, None, None]) ** 2
+        m = ((d2 < rad[:, None, None] ** 2) & on[:, None, None]).astype(np.float32)[..., None]
+        img += (255.0 * colour[:, None, None, :] - img) * m
+    img += (255.0 * fg[:, None, None, :] - img) * alpha[..., None]
     np.clip(img, 0.0, 255.0, out=img)
     return np.rint(img, out=img).astype(np.uint8), labels
 
 
-def make_images(n_per_class: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def make_images(n_per_class: int, seed: int, size: int = 32, style: str = "photo") -> tuple[np.ndarray, np.ndarray]:
     """Generate a class-balanced set of hue x texture images.
 
     Args:
         n_per_class: images per class (100 classes).
         seed: the same seed gives bit-identical arrays; different seeds give different images.
         size: image side in pixels.
+        style: "photo" (the smoke target) or "sketch" (the same classes as outlines on paper).
 
     Returns:
         uint8 images (N, size, size, 3), HWC like CIFAR's ``.data``, and int64 labels (N,),
         in an order shuffled deterministically by ``seed``.
     """
-    return _generate(np.random.default_rng(seed), n_per_class, size)
+    return _generate(np.random.default_rng(seed), n_per_class, size, style)
 
 
 class SyntheticCIFAR(torch.utils.data.Dataset):
     """Drop-in stand-in for ``torchvision.datasets.CIFAR100`` with coarse labels, made offline.
 
     Follows the dataset contract of ``cifar_tl.data``. The train and test splits of one ``seed``
-    are different images: the generator is seeded with ``(seed, train)``.
+    are different images: the generator is seeded with ``(seed, train)``. ``style="sketch"`` draws
+    the same classes as coloured outlines on a light background (the ``synthetic-sketch`` source):
+    a shifted domain, as X-rays or drawings are for ImageNet features.
     """
 
     def __init__(
@@ -154,12 +183,17 @@ class SyntheticCIFAR(torch.utils.data.Dataset):
         seed: int = 0,
         transform=None,
         target_transform=None,
+        style: str = "photo",
     ):
         self.train = train
         self.split = "train" if train else "test"
         self.transform = transform
         self.target_transform = target_transform
-        self.data, labels = _generate(np.random.default_rng([seed, int(train)]), n_per_class, 32)
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        self.style = style
+        rng = np.random.default_rng([seed, int(train)] + ([] if style == "photo" else [STYLES.index(style)]))
+        self.data, labels = _generate(rng, n_per_class, 32, style)
         self.targets: list[int] = labels.tolist()
         self.classes: list[str] = list(CLASSES)
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}

@@ -21,7 +21,7 @@ def smoke_note(cfg):
 
     In a notebook, make it a cell's last expression: it shows as a highlighted box (Markdown).
     """
-    what = [w for w, on in (("synthetic images", cfg.source == "synthetic"),
+    what = [w for w, on in (("synthetic images", cfg.source.startswith("synthetic")),
                             ("a randomly initialised backbone", cfg.weights is None),
                             ("a backbone pretrained on generated images", cfg.weights == "synthetic")) if on]
     if not what:

@@ -5,6 +5,7 @@ and put back before any other test, so the unit tests in tests/ never see it.
 """
 
 import os
+import re
 import shutil
 import tempfile
 from collections import defaultdict
@@ -53,6 +54,12 @@ def pytest_runtest_setup(item):
         # 2 busy cores, 512 backbone passes took 34 s instead of 2.3 s and a 15-epoch head 127 s
         # instead of 1.1 s. Waiting passively (sleeping) avoids that at a tiny wake-up cost.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if not os.environ.get("TORCH_HOME") or "TORCH_HOME" in _saved:
+        # The smoke profile's synthetic weights, built once per machine: where tests/conftest.py
+        # keeps them (beside pytest's numbered temp folders), so the notebooks never rebuild them.
+        base = item.config._tmp_path_factory.getbasetemp()  # noqa: SLF001  (pytest's own temp root)
+        env["TORCH_HOME"] = str(base.parent / "cifar_tl-torch" if re.fullmatch(r"pytest-\d+", base.name)
+                                else base / "torch")
     if not os.environ.get("CIFAR_TL_DATA") or "CIFAR_TL_DATA" in _saved:
         # Never the user's cache: one folder for the session, so notebooks share extracted features.
         if not _data_root:

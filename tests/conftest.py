@@ -1,6 +1,9 @@
-"""Shared fixtures: everything offline, on the CPU, with synthetic data and random weights."""
+"""Shared fixtures: everything offline, on the CPU, with synthetic data and random or synthetic weights."""
 
+import cifar_tl  # noqa: F401, I001  (first: its thread settings reach OpenMP before torch loads)
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +16,35 @@ from cifar_tl import Config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def session_torch_home(tmp_path_factory) -> Path:
+    """The session's TORCH_HOME, holding the smoke profile's synthetic weights (``--weights
+    synthetic``), built before the first test so that no test (a timed interrupt, a subprocess)
+    pays for the pretraining. Built once per machine: they are kept beside pytest's numbered temp
+    folders (``pytest-of-USER/cifar_tl-torch``, which pytest does not clean) and copied in."""
+    base = tmp_path_factory.getbasetemp()
+    home = base / "torch"
+    kept = base.parent / "cifar_tl-torch" if re.fullmatch(r"pytest-\d+", base.name) else home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(kept))
+        from cifar_tl import pretrain
+        from cifar_tl.backbones import build_backbone
+
+        build_backbone("resnet18", "synthetic")
+        built = pretrain.cached_file("resnet18")
+    if kept != home:
+        (home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, home / "hub" / "checkpoints" / built.name)
+    return home
+
+
 @pytest.fixture(autouse=True)
-def _offline_env(tmp_path_factory, monkeypatch):
-    """No test may touch the user's caches: data and torch hub go to a session temp folder."""
+def _offline_env(tmp_path_factory, monkeypatch, session_torch_home):
+    """No test may touch the user's caches: data and torch hub go to a session temp folder (the
+    synthetic weights are there already)."""
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("CIFAR_TL_DATA", str(base / "data"))
-    monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
+    monkeypatch.setenv("TORCH_HOME", str(session_torch_home))
 
 
 # Subprocesses on one thread: quick, and the same floating-point math in every process under any load.
@@ -37,7 +63,7 @@ def one_thread():
 
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Config:
-    """A seconds-scale config: resnet18 (random) at 32 px on 200 synthetic images."""
+    """A seconds-scale config: resnet18 (the smoke profile's synthetic weights) at 32 px on 200 synthetic images."""
     return Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=200,
                               test_size=100, epochs=2, data_root=str(tmp_path / "data"),
                               progress=False)
@@ -73,11 +99,12 @@ def run_cli(*args, env=None, timeout=600):
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """One real `run --profile smoke` for the whole session (the README's offline job)."""
+def smoke_run(tmp_path_factory, session_torch_home):
+    """One real `run --profile smoke` for the whole session (the README's offline job), on the
+    session's synthetic weights."""
     base = tmp_path_factory.mktemp("smoke")
     out = base / "run"
-    env = {"CIFAR_TL_DATA": str(base / "data"), "TORCH_HOME": str(base / "torch")}
+    env = {"CIFAR_TL_DATA": str(base / "data"), "TORCH_HOME": str(session_torch_home)}
     proc = run_cli("run", "--profile", "smoke", "--out", out, "--quiet", env=env)
     assert proc.returncode == 0, proc.stderr
     return out, env, proc

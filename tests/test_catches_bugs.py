@@ -40,7 +40,8 @@ def _stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("cache", [True, False], ids=["cached-features", "tutorial-path"])
 def test_head_standardisation_uses_the_training_features_not_the_test_features(tmp_path, one_thread, cache):
     cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=200, test_size=100,
-                             epochs=1, progress=False, cache=cache, data_root=str(tmp_path / "data"))
+                             epochs=1, progress=False, cache=cache, data_root=str(tmp_path / "data"),
+                             weights=None, standardize=True)
     out = tmp_path / "run"
     pipeline.run(cfg, out)
     head, _ = checkpoint.load_head(out / "head.pt")

@@ -176,13 +176,24 @@ def test_a_subset_leaves_its_source_unchanged(tiny_cfg):
 
 
 def test_the_source_registry_and_its_refusals(tiny_cfg):
-    assert set(data.SOURCES) == {"cifar100", "synthetic", "folder"}
+    assert set(data.SOURCES) == {"cifar100", "synthetic", "synthetic-sketch", "folder"}
     assert data.check_source("folder:~/photos") == ("folder", "~/photos")
     for bad, needle in (("imagenet", "unknown source 'imagenet'"), ("synthetic:3", "unknown source"),
                         ("folder:", "needs a path"), ("folder:  ", "needs a path"), (3, "source must be")):
         with pytest.raises(data.ConfigError) as e:
             data.check_source(bad)
         assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_sketch_source_draws_the_same_classes_in_another_domain(tiny_cfg):
+    photo = data.build_source(tiny_cfg, train=True)
+    sketch = data.build_source(tiny_cfg.replace(source="synthetic-sketch"), train=True)
+    assert sketch.classes == photo.classes and sketch.fine_to_coarse == photo.fine_to_coarse
+    assert len(sketch) == len(photo) and sketch.data.shape == photo.data.shape
+    # light paper against a dark scene: the domain shift fine-tuning is for
+    assert sketch.data.mean() > 170 > 100 > photo.data.mean()
+    again = data.build_source(tiny_cfg.replace(source="synthetic-sketch"), train=True)
+    assert np.array_equal(sketch.data, again.data) and not np.array_equal(sketch.data, photo.data)
 
 
 @pytest.mark.parametrize("field", ["train_size", "test_size"])

@@ -82,12 +82,13 @@ def fp32_accuracy(setup):
 def test_a_head_on_each_engines_features_learns_as_well_as_on_torch_fp32(setup, fp32_accuracy,
                                                                         engine_name, precision):
     """Synthetic set, 5 training images per class, random resnet18 at 48 px, 15 epochs: 56%
-    (chance 1%). Measured here: 55.7% on torch fp32, 57.3 / 57.0 / 56.0% on torch bf16, OpenVINO
-    fp32 and OpenVINO bf16. Even OpenVINO fp32, whose features differ by 1e-6, moves the result
-    1.3 points (training amplifies any difference), so 8 points leaves room for other CPUs, while
-    a head on broken features falls towards chance, 50 points away."""
+    (chance 1%) on the easier synthetic set before issue 15. Measured then: 55.7% on torch fp32,
+    57.3 / 57.0 / 56.0% on torch bf16, OpenVINO fp32 and OpenVINO bf16. Even OpenVINO fp32, whose
+    features differ by 1e-6, moves the result 1.3 points (training amplifies any difference), so 8
+    points leaves room for other CPUs. The harder set (a texture window, clutter) brings a random
+    backbone to about 20%; a head on broken features falls to chance, 1%."""
     acc = _accuracy_with(setup, engine_name, precision)
-    assert min(acc, fp32_accuracy) > 0.3, (acc, fp32_accuracy)
+    assert min(acc, fp32_accuracy) > 0.1, (acc, fp32_accuracy)
     assert abs(acc - fp32_accuracy) <= 0.08, (acc, fp32_accuracy)
 
 

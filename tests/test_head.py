@@ -60,9 +60,10 @@ def test_cli_standardize_flags(tiny_cfg, tmp_path, capsys):
         assert code == 0, err
         blob = torch.load(tmp_path / flag / "head.pt", weights_only=True)
         assert blob["standardize"] is expected and blob["config"]["standardize"] is expected
-    code, _, _ = cli_in_process(capsys, *args, "--out", tmp_path / "auto")
-    blob = torch.load(tmp_path / "auto" / "head.pt", weights_only=True)
-    assert code == 0 and blob["standardize"] is True and blob["config"]["standardize"] == "auto"
+    for weights, expected in (("none", True), ("synthetic", False)):
+        code, _, _ = cli_in_process(capsys, *args, "--weights", weights, "--out", tmp_path / weights)
+        blob = torch.load(tmp_path / weights / "head.pt", weights_only=True)
+        assert code == 0 and blob["standardize"] is expected and blob["config"]["standardize"] == "auto"
 
 
 def test_an_old_bare_head_numbered_from_one_still_loads_and_predicts(tmp_path):

@@ -153,6 +153,7 @@ def test_a_result_does_not_depend_on_what_earlier_runs_left_in_the_cache(tiny_cf
     on a cold cache (the standardisation was once fitted on whatever views the cache held)."""
     from cifar_tl import pipeline
 
+    tiny_cfg = tiny_cfg.replace(weights=None)  # random weights: the head standardises its features
     warm = tiny_cfg.replace(data_root=str(tmp_path / "warm"))
     pipeline.run(warm.replace(epochs=3), tmp_path / "three")
     pipeline.run(warm.replace(epochs=2), tmp_path / "two-warm")

@@ -273,9 +273,10 @@ def test_smoke_note_only_for_synthetic_data_or_a_random_backbone():
 
     smoke = Config.for_profile("smoke")
     note = viz.smoke_note(smoke)
-    assert "synthetic images" in note.data and "CIFAR-100" in note.data
-    assert ("random" in note.data) == (smoke.weights is None) and ("pretrained" in note.data) == (smoke.weights == "synthetic")
+    assert "synthetic images" in note.data and "generated images" in note.data and "CIFAR-100" in note.data
     assert "Results table" in note.data  # it points to what exists
+    assert "random" in viz.smoke_note(Config.for_profile("smoke", weights=None)).data
+    assert "synthetic images" in viz.smoke_note(Config.for_profile("smoke", source="synthetic-sketch")).data
     assert viz.smoke_note(Config.for_profile("cpu")) is None
 
 

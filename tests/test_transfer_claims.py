@@ -1,0 +1,139 @@
+"""What transfer learning buys, on smoke data (issue 15, section 2): each claim a test that fails
+when the backbone's pretraining is switched off (``--weights synthetic`` left random).
+
+Everything is chosen and compared on a validation part held out of the training split (class
+balanced, seeded), never on the test split. ``benchmarks/bench_pretrain.py`` prints the same
+figures from the same functions.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cifar_tl import Config, data, engine, features, finetune
+from cifar_tl.models import MLPHead, TransferModel, build_backbone
+
+# Switch the pretraining off (the check the issue asks for): PRETRAINED = None.
+PRETRAINED = "synthetic"
+PER_CLASS_TRAIN, PER_CLASS_VAL = 5, 5
+
+
+def splits(source: str = "synthetic", seed: int = 0):
+    """(train, validation) of ``source``'s training split: validation holds PER_CLASS_VAL images
+    per class out (``data.balanced_indices``), training keeps PER_CLASS_TRAIN."""
+    n = 100 * (PER_CLASS_TRAIN + PER_CLASS_VAL)
+    cfg = Config.for_profile("smoke", source=source, train_size=n, seed=seed)
+    full = data.build_source(cfg, train=True, download=False)
+    val_idx = data.balanced_indices(full.targets, 100 * PER_CLASS_VAL, seed=seed + 1)
+    train_idx = sorted(set(range(len(full))) - set(val_idx.tolist()))
+    return data.Subset(full, train_idx), data.Subset(full, val_idx)
+
+
+def image_tensor(ds) -> torch.Tensor:
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+
+
+def frozen_head(backbone, train_ds, val_ds, *, standardize: bool, lr: float = 1e-3, epochs: int = 15,
+                seed: int = 0, image_size: int = 32) -> tuple[float, MLPHead]:
+    """The tutorial's head (D-256-256-C) on frozen features: validation accuracy after ``epochs``."""
+    tr = features.extract(backbone, image_tensor(train_ds), image_size, "cpu", features.VIEWS_TRAIN, progress=False)
+    va = features.extract(backbone, image_tensor(val_ds), image_size, "cpu", features.VIEWS_TEST, progress=False)
+    torch.manual_seed(seed)
+    head = MLPHead(backbone.num_features, 100, (256, 256), standardize)
+    if standardize:
+        head.standardizer.fit_stats(tr)
+    train_loader = features.FeatureLoader(tr, torch.tensor(train_ds.targets), 32, train=True, seed=seed)
+    val_loader = features.FeatureLoader(va, torch.tensor(val_ds.targets), 256, train=False)
+    hist = engine.fit(head, train_loader, val_loader, epochs=epochs, lr=lr, seed=seed, progress=False)
+    return hist[-1]["test_accuracy"], head
+
+
+@pytest.fixture(scope="module")
+def target():
+    return splits("synthetic")
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    return splits("synthetic-sketch")
+
+
+def test_pretrained_features_and_the_bare_head_beat_a_random_backbone_by_far(target, one_thread):
+    train_ds, val_ds = target
+    pretrained, _ = frozen_head(build_backbone("resnet18", PRETRAINED), train_ds, val_ds, standardize=False)
+    random, _ = frozen_head(build_backbone("resnet18", None), train_ds, val_ds, standardize=True)
+    # Measured 0.408 against 0.204 (2.0x, +20 points; benchmarks/README.md): the issue's 2x holds
+    # at the edge, its 25 points do not; asserted with a margin below what was measured.
+    assert pretrained >= 1.75 * random and pretrained >= random + 0.15, (pretrained, random)
+    assert pretrained < 1.0  # the target is not trivial
+
+
+def fine_tuned(train_ds, val_ds, *, k: int = 2, lr_decay: float = 0.3, bn_train: bool = False,
+               head_epochs: int = 5, epochs: int = 3, seed: int = 0) -> float:
+    """The frozen head's recipe for ``head_epochs``, then the top ``k`` stages with it at batch 8:
+    validation accuracy."""
+    backbone = build_backbone("resnet18", PRETRAINED)
+    _, head = frozen_head(backbone, train_ds, val_ds, standardize=False, epochs=head_epochs, seed=seed)
+    model = TransferModel(backbone, head)
+    finetune.unfreeze(model.backbone, k, bn_train)
+    cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, weights=PRETRAINED, lr_decay=lr_decay,
+                             bn_train=bn_train, seed=seed, progress=False)
+    hist = finetune.fine_tune(model, train_ds, val_ds, cfg, "cpu", epochs=epochs, batch_size=8)
+    return hist[-1]["test_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def shifted_results(shifted):
+    """Validation accuracy on the shifted target (sketches): the frozen head, and fine-tuning the
+    top 2 stages with discriminative rates (lr_decay 0.3) or one rate (1.0). What ``bn_train`` does
+    at batch 8 is measured by ``benchmarks/bench_pretrain.py --claims`` and stated there, not
+    asserted."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train_ds, val_ds = shifted
+    backbone = build_backbone("resnet18", PRETRAINED)
+    frozen, _ = frozen_head(backbone, train_ds, val_ds, standardize=False, epochs=8)
+    results = {"frozen": frozen,
+               "decay 0.3": fine_tuned(train_ds, val_ds, lr_decay=0.3),
+               "decay 1.0": fine_tuned(train_ds, val_ds, lr_decay=1.0)}
+    torch.set_num_threads(threads)
+    return results
+
+
+def test_on_a_shifted_target_fine_tuning_the_top_stages_beats_the_frozen_head(shifted_results):
+    r = shifted_results
+    # Measured 0.208 against 0.186 (benchmarks/README.md); random weights: 0.020 against 0.018,
+    # which the floor tells apart from a pretrained backbone.
+    assert r["decay 0.3"] > r["frozen"] and r["decay 0.3"] >= 0.15, r
+
+
+def test_discriminative_learning_rates_do_at_least_as_well_as_one_rate(shifted_results):
+    r = shifted_results
+    assert r["decay 0.3"] >= r["decay 1.0"] - 0.02 and r["decay 0.3"] >= 0.15, r
+
+
+@pytest.fixture(scope="module")
+def lr_results(target):
+    """Validation accuracy of the bare head trained at the LR finder's suggestion, 10x below, 10x above."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train_ds, val_ds = target
+    backbone = build_backbone("resnet18", PRETRAINED)
+    tr = features.extract(backbone, image_tensor(train_ds), 32, "cpu", features.VIEWS_TRAIN, progress=False)
+    torch.manual_seed(0)
+    head = MLPHead(backbone.num_features, 100, (256, 256), standardize=False)
+    loader = features.FeatureLoader(tr, torch.tensor(train_ds.targets), 32, train=True, seed=0)
+    suggestion = engine.lr_find(copy.deepcopy(head), loader)["suggestion"]
+    acc = {f: frozen_head(backbone, train_ds, val_ds, standardize=False, lr=suggestion * f)[0] for f in (0.1, 1, 10)}
+    torch.set_num_threads(threads)
+    return suggestion, acc
+
+
+def test_the_lr_finders_suggestion_trains_better_than_ten_times_more(lr_results):
+    # Measured: suggestion 5.5e-3 -> 0.340, 10x -> 0.010 (diverges); random weights: 0.020 at
+    # every rate, which the floor tells apart.
+    suggestion, acc = lr_results
+    assert acc[1] >= acc[10] + 0.1 and acc[1] >= 0.3, (suggestion, acc)
