@@ -115,7 +115,7 @@ def test_synthetic_is_a_weights_name_like_imagenet():
     assert normalize_weights("Synthetic") == "synthetic"
     assert Config(weights="synthetic").weights == "synthetic"
     cfg = Config.for_profile("smoke")
-    assert (cfg.weights, cfg.backbone, cfg.image_size, cfg.standardize) == ("synthetic", "resnet18", 32, False)
+    assert (cfg.weights, cfg.backbone, cfg.image_size, cfg.standardizes()) == ("synthetic", "resnet18", 32, False)
     assert Config.for_profile("smoke", weights="none").weights is None
 
 
@@ -124,11 +124,15 @@ def test_run_help_names_synthetic(capsys):
     assert code == 0 and "synthetic" in out
 
 
+def blob_standardize(out):
+    return torch.load(out / "head.pt", weights_only=True)["standardize"]
+
+
 def test_the_smoke_run_uses_synthetic_weights_and_the_bare_head(smoke_run):
     out, env, proc = smoke_run
     m = json.loads((out / "metrics.json").read_text())
     assert m["config"]["weights"] == "synthetic" and m["config"]["backbone"] == "resnet18"
-    assert m["config"]["standardize"] is False
+    assert m["config"]["standardize"] == "auto" and blob_standardize(out) is False
     assert "pretraining" not in proc.stdout  # the session's weights were reused, not rebuilt
     blob = torch.load(out / "head.pt", weights_only=True)
     assert blob["weights"] == "synthetic" and blob["weights_sha256"] is None
