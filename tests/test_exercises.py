@@ -179,3 +179,16 @@ def test_check_and_solution_read_the_calling_cells_variables(state, capsys):
     out = capsys.readouterr().out
     assert "my_speedup = fast_rate / tutorial_rate" in out and "3.0" in out
     assert ns["my_speedup"] is ..., "the solution ran on a copy"
+
+
+def test_a_mistake_that_gives_the_right_values_on_this_data_is_not_required_to_be_wrong():
+    """On the smoke data some mistakes coincide with the truth (a 1x1 feature map pools to itself;
+    every error crosses superclasses): verify skips those, and only those."""
+    import torch
+
+    from cifar_tl.exercises import _same
+
+    assert _same((torch.ones(1, 4),), (torch.ones(1, 4),)) and _same((0.41,), (0.41 + 1e-12,))
+    assert not _same((torch.ones(1, 4),), (torch.ones(4),))  # another shape is another answer
+    assert not _same((torch.ones(1, 4),), (torch.zeros(1, 4),)) and not _same((0.41,), (0.42,))
+    assert not _same((object(),), (object(),))
