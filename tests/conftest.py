@@ -16,8 +16,8 @@ from cifar_tl import Config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def session_torch_home(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session", autouse=True)
+def session_torch_home(tmp_path_factory):
     """The session's TORCH_HOME, holding the smoke profile's synthetic weights (``--weights
     synthetic``), built before the first test so that no test (a timed interrupt, a subprocess)
     pays for the pretraining. Built once per machine: they are kept beside pytest's numbered temp
@@ -35,7 +35,11 @@ def session_torch_home(tmp_path_factory) -> Path:
     if kept != home:
         (home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
         shutil.copy2(built, home / "hub" / "checkpoints" / built.name)
-    return home
+    # For the whole session, module-scoped fixtures included (they run before _offline_env): a
+    # fixture that built the weights again elsewhere, on another thread count, got other weights.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from .conftest import ONE_THREAD, ROOT
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Small enough to be quick, with enough epochs (~50 ms each) that a signal lands mid-run.
 RUN = ["run", "--profile", "smoke", "--backbone", "resnet18", "--image-size", "32", "--train-size", "200",
-       "--test-size", "100", "--batch-size", "8", "--epochs", "40", "--quiet"]
+       "--test-size", "100", "--batch-size", "8", "--epochs", "40", "--weights", "none", "--quiet"]  # standardises
 
 
 def _default_sigint():

@@ -68,7 +68,7 @@ def test_a_pack_holds_every_split_as_a_run_sees_it(small_pack, one_thread):
     path, meta, cfg = small_pack
     splits = pack.load(path, cfg)
     want = data.build_datasets(cfg)
-    backbone = build_backbone("resnet18", None, cfg.seed)
+    backbone = build_backbone("resnet18", cfg.weights, cfg.seed)
     for name in ("train", "val", "test"):
         got, ds = splits[name], getattr(want, name)
         index = getattr(ds, "indices", range(len(ds)))  # test: the whole split, in order
@@ -80,7 +80,7 @@ def test_a_pack_holds_every_split_as_a_run_sees_it(small_pack, one_thread):
         assert meta["splits"][name]["images_sha256"] == pack._images_digest(features.images_uint8(ds, 32))
     assert len(splits["train"]) == 180 and len(splits["val"]) == 20 and len(splits["test"]) == 100
     assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
-    assert (meta["backbone"], meta["image_size"], meta["weights"], meta["feature_dim"]) == ("resnet18", 32, None, 512)
+    assert (meta["backbone"], meta["image_size"], meta["weights"], meta["feature_dim"]) == ("resnet18", 32, cfg.weights, 512)
     assert (meta["engine"], meta["precision"], meta["splits"]["train"]["dtype"]) == ("torch", "fp32", "fp32")
     assert Config.from_dict(meta["config"]) == cfg
 

@@ -133,7 +133,7 @@ def test_the_tutorial_path_runs_the_backbone_with_the_chosen_precision(tmp_path,
     monkeypatch.setattr(engines.BackboneRunner, "__call__", spy)
     cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32, train_size=100, test_size=100,
                              epochs=1, batch_size=10, cache=False, precision="bf16", engine="torch",
-                             progress=False, data_root=str(tmp_path / "data"))
+                             weights=None, progress=False, data_root=str(tmp_path / "data"))  # standardises
     m = pipeline.run(cfg, tmp_path / "run")
     assert (m["engine"], m["precision"]) == ("torch", "bf16")
     assert {p for p, _ in seen} == {"bf16"}
