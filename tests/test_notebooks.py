@@ -201,7 +201,7 @@ def test_glossary_has_the_terms():
                                   "06_testing.ipynb", "07_your_own_images.ipynb", "08_faster_cached_features.ipynb"])
 def test_smoke_runs_say_so(name):
     code = [c["source"] for c in cells(ROOT / "notebooks" / name) if c["cell_type"] == "code"]
-    setup = next(i for i, s in enumerate(code) if "cfg = Config.for_profile(profile)" in s)
+    setup = next(i for i, s in enumerate(code) if "cfg = cifar_tl.notebook_config(profile" in s)
     assert code[setup + 1].startswith("viz.smoke_note(cfg)"), "the note comes right after the profile is chosen"
 
 
