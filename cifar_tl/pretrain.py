@@ -23,7 +23,6 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import source_task
+from .digests import weights_digest
 from .errors import StorageError
 from .storage import _write_atomic
 
@@ -71,27 +71,13 @@ def cached_file(name: str, seed: int = SEED, recipe: dict | None = None) -> Path
         m = re.fullmatch(re.escape(stem) + r"-([0-9a-f]{10})\.pt", path.name)
         if m is None:
             continue
-        if _digest(path).startswith(m.group(1)):
+        if weights_digest(path).startswith(m.group(1)):
             return path
         log.warning("synthetic weights %s are damaged (their sha256 does not match the name): "
                     "rebuilding them", path)
         with contextlib.suppress(OSError):
             path.unlink()
     return None
-
-
-def _digest(path: Path) -> str:
-    st = path.stat()
-    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
