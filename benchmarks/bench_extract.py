@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar_tl import engines, features  # noqa: E402
-from cifar_tl.config import resolve_device  # noqa: E402
+from cifar_tl.devices import resolve_device  # noqa: E402
 from cifar_tl.models import build_backbone  # noqa: E402
 from cifar_tl.synthetic import make_images  # noqa: E402
 

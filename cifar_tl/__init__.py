@@ -16,7 +16,7 @@ threads.set_defaults()
 # here, so a Ctrl-C in the first seconds reaches the command line's own handler, and
 # `import cifar_tl` stays cheap. Each name -> the module that defines it.
 _NAMES = {
-    "Config": "config", "resolve_device": "config",
+    "Config": "config", "resolve_device": "devices",
     "build_datasets": "data", "build_source": "data", "collate_fn": "data", "eval_transform": "data",
     "make_loader": "data", "train_transform": "data",
     "evaluate": "engine", "fit": "engine", "predict": "engine", "train_one_epoch": "engine",

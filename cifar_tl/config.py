@@ -15,9 +15,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
+from .devices import resolve_auto
 from .errors import ConfigError
+from .profiles import PROFILE_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -324,32 +324,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 PACK_FIELDS = ("source", "train_size", "val_size", "test_size", "seed", "backbone", "weights", "image_size")
 
 
-# What each profile changes from the defaults above, and why.
-PROFILE_FIELDS: dict[str, dict] = {
-    # The tutorial, unchanged: a GPU job (about 10.6 GFLOP per image at 300 px).
-    "full": {},
-    # The same recipe sized for a 2-core CPU: about 6 minutes with bf16 and OpenVINO, 13 in plain
-    # fp32 (benchmarks/README.md, "The cpu profile, re-sized"): a smaller image size and a
-    # class-balanced part of the training set, the whole test set.
-    "cpu": dict(image_size=192, train_size=40_000),
-    # Offline and quick: synthetic CIFAR-like images and resnet18 pretrained by the package on
-    # generated images (``--weights synthetic``, pretrain.py: built once per machine, about 2
-    # minutes on 2 CPU cores; efficientnet_v2_s would not learn within that budget), at the images'
-    # own 32 px, with the tutorial's bare head (standardize auto). fp32 on the torch engine, so that every machine
-    # computes the same features and CI's checks of bit-identical runs hold everywhere.
-    "smoke": dict(
-        source="synthetic",
-        backbone="resnet18",
-        weights="synthetic",
-        image_size=32,
-        train_size=1000,
-        test_size=500,
-        epochs=15,
-        batch_size=32,
-        precision="fp32",
-        engine="torch",
-    ),
-}
 
 
 def cpu_trades() -> str:
@@ -359,23 +333,3 @@ def cpu_trades() -> str:
             f"{cpu.train_size:,} of 50,000 training images (class-balanced); the whole test set, "
             f"batch {cpu.batch_size}, Adam {cpu.lr:g}, {cpu.epochs} epoch as in the full run; "
             "expect a few points less accuracy than the full run")
-
-
-def resolve_auto() -> tuple[str, str]:
-    if torch.cuda.is_available():
-        return "full", f"CUDA is available: {torch.cuda.get_device_name(0)}"
-    return "cpu", "no CUDA GPU found; the full 300 px run would take hours on a CPU"
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` means CUDA, then Apple's MPS, then the CPU."""
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if name == "mps" and not mps:
-        raise ConfigError("--device mps was asked for, but MPS is not available here")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)

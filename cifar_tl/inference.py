@@ -10,7 +10,8 @@ import torch
 import torchvision
 
 from . import checkpoint, data, engine, features, finetune
-from .config import Config, resolve_device
+from .config import Config
+from .devices import resolve_device
 from .errors import CheckpointError, CifarTLError, ConfigError, DataError
 from .features import FeatureLoader
 from .models import TransferModel, build_backbone, check_backbone, normalization

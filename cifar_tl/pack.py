@@ -23,7 +23,8 @@ import torch
 
 from . import __version__, data, features, packfile, storage
 from .checkpoint import NAMED_WEIGHTS, backbone_fingerprint, weights_digest
-from .config import PACK_FIELDS, PROFILE_FIELDS, Config, default_data_root, resolve_device
+from .config import PACK_FIELDS, PROFILE_FIELDS, Config, default_data_root
+from .devices import resolve_device
 from .errors import ConfigError, DataError
 from .features import FeatureLoader
 from .models import MLPHead, TransferModel, build_backbone

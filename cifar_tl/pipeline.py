@@ -24,7 +24,8 @@ from . import (
     storage,
     viz,
 )
-from .config import Config, epoch_seed, resolve_device
+from .config import Config, epoch_seed
+from .devices import resolve_device
 from .errors import CifarTLError, ConfigError, DataError, Interrupted, OutOfMemory, one_line
 from .features import FeatureLoader
 from .models import MLPHead, TransferModel, build_backbone, normalization

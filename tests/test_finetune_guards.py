@@ -45,3 +45,4 @@ def test_bn_train_with_batches_of_one_image_is_refused_in_one_line(tmp_path, cap
     code, _, err = _cli(capsys, "run", *TINY, "--epochs", "2", "--unfreeze", "1", "--bn-train",
                         "--batch-size", "1", "--out", tmp_path / "x")
     assert code == 2 and len(err) == 1 and "--bn-train needs --batch-size 2 or more" in err[0], err
+    assert not (tmp_path / "x").exists(), "refused before any work"
