@@ -75,7 +75,7 @@ def child(seconds: float, paths: list[str]) -> None:
     """Prints one JSON line per path as it is done (a parent that runs out of time keeps those)."""
     if os.environ.get(TORCH_FIRST):
         import torch
-    import cifar_tl  # noqa: F401  (as a user's `import cifar_tl`: sets the package's defaults, if it still can)
+    import cifar_tl  # noqa: F401, I001  (as a user's `import cifar_tl`: sets the package's defaults, if it still can)
     import torch
 
     from cifar_tl import engine, features, finetune
