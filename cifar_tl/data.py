@@ -32,7 +32,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from torchvision import transforms as T
 
 from .backbones import normalization
@@ -40,6 +39,7 @@ from .errors import AssetMissingError, ConfigError, DataError, StorageError, one
 from .folders import ImageFolderSource, image_folder, val_folder
 from .images import BoundedResize, open_image, to_rgb  # noqa: F401  (data.open_image: notebooks use it)
 from .storage import check_writable
+from .subset import Subset
 from .synthetic import SyntheticCIFAR
 
 log = logging.getLogger(__name__)
@@ -111,39 +111,6 @@ class CIFAR100(torchvision.datasets.CIFAR100):
     def raw_image(self, index: int) -> np.ndarray:
         """Sample ``index`` as stored: uint8 [32, 32, 3]."""
         return self.data[index]
-
-
-class Subset(torch.utils.data.Dataset):
-    """Samples ``indices`` of a source, keeping the dataset contract (the source is not changed)."""
-
-    def __init__(self, dataset, indices, transform=None, split: str | None = None):
-        self.dataset, self.indices = dataset, [int(i) for i in indices]
-        idx = np.asarray(self.indices, dtype=np.int64)
-        self.split, self.transform = split or dataset.split, transform
-        self.classes, self.class_to_idx = dataset.classes, getattr(dataset, "class_to_idx", None)
-        self.targets = [int(dataset.targets[i]) for i in idx]
-        self.coarse_classes, self.fine_to_coarse = dataset.coarse_classes, dataset.fine_to_coarse
-        coarse = dataset.coarse_targets
-        self.coarse_targets = None if coarse is None else [int(coarse[i]) for i in idx]
-        self.data = None if dataset.data is None else dataset.data[idx]
-        self.paths = None if dataset.paths is None else [dataset.paths[i] for i in idx]
-
-    @property
-    def samples(self) -> list[tuple[str, int]]:
-        if self.paths is None:
-            raise AttributeError("samples: only image folders have files")
-        return list(zip(self.paths, self.targets))
-
-    def raw_image(self, index: int):
-        return self.data[index] if self.data is not None else self.dataset.raw_image(self.indices[index])
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        img = self.raw_image(index)
-        img = Image.fromarray(img) if isinstance(img, np.ndarray) else img
-        return (self.transform(img) if self.transform is not None else img), self.targets[index]
 
 
 # --------------------------------------------------------------------------- sources
