@@ -21,7 +21,7 @@ from .digests import (  # noqa: F401
     with_checksum,
 )
 from .errors import AssetMissingError, CheckpointError, ConfigError, one_line
-from .models import MLPHead
+from .models import MLPHead, check_backbone
 from .storage import atomic_save
 
 FORMAT = "cifar_tl.head"
@@ -257,6 +257,15 @@ def check_weights_file(meta: dict, path="checkpoint") -> None:
                               "that file or train a new head")
 
 
+def known_backbone(name: str, path="checkpoint") -> str:
+    """``name`` when this torchvision has that backbone; else CheckpointError naming the file."""
+    try:
+        return check_backbone(name)
+    except ConfigError:
+        raise CheckpointError(f"{path}: made for a backbone {name!r} that this torchvision does not "
+                              "have; upgrade torchvision") from None
+
+
 def check_compatible(blob: dict, path="checkpoint", **expected) -> None:
     """Raise CheckpointError listing every field in ``expected`` that the checkpoint contradicts."""
     diffs = [
@@ -288,5 +297,5 @@ def load_head(path: str | Path, *, blob: dict | None = None, **expected) -> tupl
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "check_compatible", "check_tensors", "check_weights_file",
-           "checksum_ok", "head_blob", "load_file", "load_head", "read_checkpoint", "save_head",
+           "checksum_ok", "head_blob", "known_backbone", "load_file", "load_head", "read_checkpoint", "save_head",
            "weights_digest", "with_checksum"]

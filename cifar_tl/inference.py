@@ -12,9 +12,9 @@ import torchvision
 from . import checkpoint, data, engine, features, finetune
 from .config import Config
 from .devices import resolve_device
-from .errors import CheckpointError, CifarTLError, ConfigError, DataError
+from .errors import CheckpointError, CifarTLError, DataError
 from .features import FeatureLoader
-from .models import TransferModel, build_backbone, check_backbone, normalization
+from .models import TransferModel, build_backbone, normalization
 
 __all__ = ["evaluate_checkpoint", "iter_predictions", "load_model", "match_classes", "predict_files"]
 
@@ -33,12 +33,7 @@ def load_model(path: str | Path, device="cpu", weights=None, blob=None) -> tuple
     if _fine_tuned(blob):
         return finetune.load_model_checkpoint(path, device, blob)
     head, meta = checkpoint.load_head(path, blob=blob)
-    name = meta["backbone"]
-    try:
-        check_backbone(name)
-    except ConfigError:
-        raise CheckpointError(f"{path}: made for a backbone {name!r} that this torchvision does not "
-                              "have; upgrade torchvision") from None
+    name = checkpoint.known_backbone(meta["backbone"], path)
     if weights is None:
         checkpoint.check_weights_file(meta, path)
         weights = meta["weights"]

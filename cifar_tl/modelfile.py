@@ -10,8 +10,8 @@ from torch import nn
 
 from . import checkpoint
 from .config import Config
-from .errors import CheckpointError, ConfigError, one_line
-from .models import TransferModel, build_backbone, check_backbone
+from .errors import CheckpointError, one_line
+from .models import TransferModel, build_backbone
 from .storage import atomic_save
 
 MODEL_FORMAT = "cifar_tl.model"
@@ -88,12 +88,7 @@ def load_model_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple
     extra. Returns (model in eval mode, the head's metadata)."""
     blob = read_model(path, blob)
     meta = blob["head"]
-    name = meta["backbone"]
-    try:
-        check_backbone(name)
-    except ConfigError:
-        raise CheckpointError(f"{path}: made for a backbone {name!r} that this torchvision does not "
-                              "have; upgrade torchvision") from None
+    name = checkpoint.known_backbone(meta["backbone"], path)
     checkpoint.check_weights_file(meta, path)
     backbone = build_backbone(name, meta["weights"], Config.from_dict(meta["config"]).seed)
     if checkpoint.backbone_fingerprint(backbone) != meta["backbone_fingerprint"]:
