@@ -242,6 +242,8 @@ class Config:
         if not isinstance(self.data_root, str) or not self.data_root:
             raise ConfigError(f"data-root must be a folder, got {self.data_root!r}")
         parse_unfreeze(self.unfreeze)
+        if self.bn_train and self.unfreeze != 0 and self.batch_size < 2:  # before any work, not after the head phase
+            raise ConfigError("--bn-train needs --batch-size 2 or more: BatchNorm cannot take statistics of one image")
         if self.features is not None:
             if not isinstance(self.features, str) or not self.features.strip():
                 raise ConfigError(f"features must be a feature pack file, got {self.features!r}")
