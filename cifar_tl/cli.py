@@ -250,8 +250,8 @@ def _lr_find(a) -> int:
     cfg = _config(a)
     out = Path(getattr(a, "out", None) or ".")
     result = pipeline.lr_find(cfg, out)
-    say(f"suggested learning rate {result['suggestion']:.2g} (a tenth of the rate where the smoothed "
-        f"loss was lowest, {result['min_loss_lr']:.2g}); plot: {result['plot']}")
+    say(f"suggested learning rate {result['suggestion']:.2g} (fastai's valley: two thirds down the longest "
+        f"fall of the smoothed loss, which was lowest at {result['min_loss_lr']:.2g}); plot: {result['plot']}")
     return 0
 
 

@@ -146,6 +146,19 @@ def test_lr_finder_suggests_a_rate_inside_the_known_good_range():
     assert 30 <= results[0] / results[1] <= 300
 
 
+def test_the_valley_rule_picks_two_thirds_down_the_longest_fall():
+    # Flat for 10 points, a clean fall over 30 (indices 10-39), then a climb: the longest
+    # decreasing run is index 9 then 10-39 (31 points, ending at 39); as fastai counts, it starts
+    # at 39 - 31 = 8, and two thirds down is 8 + int(31 / 3) + int(31 / 3 / 2) = 23.
+    losses = [5.0] * 10 + [5.0 - 0.1 * i for i in range(1, 31)] + [2.0 + 0.5 * i for i in range(1, 11)]
+    assert engine.valley(losses) == 23
+    # A short early dip does not win over the long fall later on: 5.0 then 4.9 ... 3.0 (21 points,
+    # ending at index 24), start 3, suggestion 3 + 7 + 3 = 13.
+    dip = [5.0, 4.0, 4.5, 5.0, 5.0] + [5.0 - 0.1 * i for i in range(1, 21)] + [9.0]
+    assert engine.valley(dip) == 13
+    assert engine.valley([1.0]) == 0
+
+
 @pytest.mark.parametrize("bn_train", [False, True])
 def test_model_checkpoint_round_trip_and_damage(setup, tmp_path, bn_train):
     """With --bn-train the unfrozen stages' BatchNorm statistics move: model.pt must hold them."""
