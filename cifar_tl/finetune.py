@@ -164,12 +164,14 @@ def largest_batch(model: TransferModel, image_size: int, device, start: int = 8,
 # --------------------------------------------------------------------------- training
 @threads.per_model
 def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: int, history=None,
-              optimizer=None, batch_size: int | None = None, on_epoch_end=None) -> list[dict]:
+              optimizer=None, batch_size: int | None = None, on_epoch_end=None,
+              warmup_steps: int | None = None) -> list[dict]:
     """Train the unfrozen stages and the head for ``epochs`` epochs (continuing after
     ``len(history)`` of them) on images preprocessed on the device. Returns the history.
 
     Call ``unfreeze`` first. AdamW (``cfg.weight_decay``) with ``param_groups``; warm-up then cosine
-    decay per step over all epochs; autocast (bf16, or fp16 with a gradient scaler) and
+    decay per step over all epochs (``warmup_steps``: None for ``WARMUP_FRACTION`` of the steps, 0
+    for none, as notebook 09 compares); autocast (bf16, or fp16 with a gradient scaler) and
     channels_last on CUDA. The head's standardisation follows the moving features
     (``STANDARDIZE_MOMENTUM``). Rows: epoch, train loss/accuracy, validation loss/accuracy/top5
     (``val_*``, when ``val_ds`` is not None), seconds,
@@ -191,7 +193,7 @@ def fine_tune(model: TransferModel, train_ds, val_ds, cfg, device, *, epochs: in
     train = ImageBatches(train_ds, cfg.image_size, bs, device, True, cfg.seed, mean, std)
     val = None if val_ds is None else ImageBatches(val_ds, cfg.image_size, 64, device, False, mean=mean, std=std)
     optimizer = optimizer or make_optimizer(model, cfg.lr, cfg.lr_decay, cfg.weight_decay)
-    schedule = make_schedule(epochs * len(train))
+    schedule = make_schedule(epochs * len(train), warmup_steps)
     dtype = train_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     log.info("fine-tuning %d of %d stages of %s (%s trainable parameters), batch %d, on %s",

@@ -77,6 +77,28 @@ def test_each_group_gets_its_learning_rate_and_the_schedule(setup):
     assert all(a / b == pytest.approx(2.0) for a, b in zip(lrs["layer4"], lrs["layer3"]))
 
 
+def test_fine_tuning_without_warm_up_starts_at_the_peak_rate(setup):
+    """``warmup_steps=0`` (notebook 09's comparison): the first step already runs at each group's peak."""
+    cfg, model, train_ds, _ = setup
+    assert finetune.make_schedule(100, 0)(0) == 1.0 and finetune.make_schedule(100, 0)(50) < 1.0
+    finetune.unfreeze(model.backbone, 1)
+    opt = finetune.make_optimizer(model, cfg.lr, cfg.lr_decay, cfg.weight_decay)
+    first = []
+    real_set_lr = finetune.set_lr
+
+    def spy(optimizer, factor):
+        first.append(factor)
+        real_set_lr(optimizer, factor)
+
+    import unittest.mock
+    with unittest.mock.patch.object(finetune, "set_lr", spy):
+        finetune.fine_tune(model, train_ds, None, cfg, "cpu", epochs=1, optimizer=opt, warmup_steps=0, batch_size=8)
+        assert first[0] == 1.0
+        first.clear()
+        finetune.fine_tune(copy.deepcopy(model), train_ds, None, cfg, "cpu", epochs=1, warmup_steps=None, batch_size=8)
+        assert first[0] < 1.0
+
+
 @pytest.mark.parametrize("bad", [-1, 6, "some", 1.5, "2.5"])
 def test_bad_unfreeze_values_are_config_errors(setup, bad):
     _, model, _, _ = setup
