@@ -34,7 +34,10 @@ from typing import Any
 __all__ = ["NOT_ANSWERED", "Exercise", "Verdict", "Wrong", "answered", "check", "solution", "verdict",
            "verify"]
 
-NOT_ANSWERED = "not answered yet: replace the ... with your answer and run the cell again"
+NOT_ANSWERED = ("not answered yet: replace the ... with your answer and run the cell again"
+                " · 还没有作答：把 ... 换成你的答案，再运行这个单元格")
+# The verdict's first word in both of the course's languages (the diagnosis after it is English).
+LABELS = {"right": "right · 正确", "wrong": "wrong · 错误"}
 VERIFY_ENV = "CIFAR_TL_EXERCISES"
 BANKS = {"00": "basics", "01": "basics", "02": "basics", "03": "basics", "04": "basics",
          "05": "training", "06": "training", "07": "beyond", "08": "beyond", "09": "beyond"}
@@ -52,7 +55,7 @@ class Verdict:
     def __str__(self) -> str:
         if self.status == "not answered":
             return NOT_ANSWERED
-        return f"{self.status}{': ' + self.message if self.message else ''}"
+        return f"{LABELS.get(self.status, self.status)}{': ' + self.message if self.message else ''}"
 
 
 @dataclass

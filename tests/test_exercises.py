@@ -173,7 +173,7 @@ def test_a_value_that_matches_two_mistakes_names_both():
 def test_check_and_solution_read_the_calling_cells_variables(state, capsys):
     ns = {"fast_rate": 90.0, "tutorial_rate": 30.0, "my_speedup": 3.0}
     exec('from cifar_tl import exercises\nexercises.check("00.1", my_speedup)', ns)  # as a notebook cell runs
-    assert capsys.readouterr().out.startswith("right: the batched path is 3.0x faster")
+    assert capsys.readouterr().out.startswith("right · 正确: the batched path is 3.0x faster")
     ns["my_speedup"] = ...
     exec('exercises.solution("00.1")', ns)
     out = capsys.readouterr().out
