@@ -217,7 +217,7 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return model, path
 
 
-def _build_classifier(name: str, weights, seed: int) -> nn.Module:
+def _build_classifier(name: str, weights, seed: int, progress: bool = True) -> nn.Module:
     """The full torchvision classifier with the requested weights. Random weights are drawn from
     ``seed`` alone (not the global RNG's state), so evaluate and predict rebuild exactly the
     backbone a random-weights head was trained on."""
@@ -236,7 +236,7 @@ def _build_classifier(name: str, weights, seed: int) -> nn.Module:
             model.name = name
             return model
 
-        state = pretrain.synthetic_state(name, extractor)
+        state = pretrain.synthetic_state(name, extractor, progress=progress)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _get_model(name, weights=None)
@@ -296,15 +296,16 @@ def check_weights_hash(path: Path) -> None:
 
 
 def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = "imagenet",
-                   seed: int = 0) -> nn.Module:
+                   seed: int = 0, progress: bool = True) -> nn.Module:
     """A frozen, eval-mode module mapping images [B,3,H,W] to pooled features [B, num_features].
 
     Like timm's ``num_classes=0``: the torchvision model with its classification layer replaced
     by Identity. Attributes: ``num_features`` (read from that layer), ``name``, ``stages`` (the
     top-level blocks, input to output, for fine-tuning) and ``stage_names``. ``seed`` only
-    matters for random weights.
+    matters for random weights; ``progress=False`` (``--quiet``) hides the bar of a first
+    ``--weights synthetic`` build.
     """
-    model, _ = _strip_classifier(_build_classifier(name, weights, seed), name)
+    model, _ = _strip_classifier(_build_classifier(name, weights, seed, progress), name)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

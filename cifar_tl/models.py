@@ -121,7 +121,7 @@ class TransferModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, num_classes: int = 100) -> TransferModel:
-        backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed)
+        backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed, cfg.progress)
         head = MLPHead(backbone.num_features, num_classes, cfg.hidden, cfg.standardizes())
         return cls(backbone, head)
 

@@ -47,7 +47,7 @@ def make_pack(cfg: Config, path: str | Path | None = None) -> tuple[Path, dict]:
     device = resolve_device(cfg.device)
     if path is not None:
         storage.check_writable(Path(path).parent)  # said now, not after the extraction
-    backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed).to(device)
+    backbone = build_backbone(cfg.backbone, cfg.weights, cfg.seed, cfg.progress).to(device)
     tensors, info, made = {}, {}, {}
     for name, ds in data.build_datasets(cfg)._asdict().items():
         if ds is None:

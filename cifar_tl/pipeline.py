@@ -145,7 +145,7 @@ def build_model(r: runs.Run) -> None:
     """The frozen backbone and a fresh head sized from the backbone and the data."""
     if r.cfg.features:
         return pack.build_model(r)
-    backbone = build_backbone(r.cfg.backbone, r.cfg.weights, r.cfg.seed)
+    backbone = build_backbone(r.cfg.backbone, r.cfg.weights, r.cfg.seed, r.cfg.progress)
     r.fingerprint = checkpoint.backbone_fingerprint(backbone)
     head = MLPHead(backbone.num_features, len(r.train_ds.classes), r.cfg.hidden, r.cfg.standardizes())
     r.model = TransferModel(backbone, head).to(r.device)

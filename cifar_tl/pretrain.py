@@ -96,7 +96,7 @@ def _locked(path: Path):
 
 
 def synthetic_state(name: str, make_extractor: Callable[[int], nn.Module], seed: int = SEED,
-                    recipe: dict | None = None) -> dict[str, torch.Tensor]:
+                    recipe: dict | None = None, progress: bool = True) -> dict[str, torch.Tensor]:
     """The pretrained extractor's state_dict (no classifier), built once per machine.
 
     ``make_extractor(seed)`` returns a randomly initialised feature extractor of ``name`` (its
@@ -111,7 +111,7 @@ def synthetic_state(name: str, make_extractor: Callable[[int], nn.Module], seed:
             if path is None:
                 log.info("pretraining %s on generated images (once on this machine; about 1-2 minutes "
                          "on 2 CPU cores), saved under %s", name, checkpoints_dir())
-                state = train(make_extractor(seed), recipe, seed)
+                state = train(make_extractor(seed), recipe, seed, progress)
                 path = _save(state, checkpoints_dir(), stem)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -127,7 +127,7 @@ def _save(state: dict, folder: Path, stem: str) -> Path:
     return _write_atomic(path, lambda f: f.write(data))
 
 
-def train(extractor: nn.Module, recipe: dict, seed: int) -> dict[str, torch.Tensor]:
+def train(extractor: nn.Module, recipe: dict, seed: int, progress: bool = True) -> dict[str, torch.Tensor]:
     """Train ``extractor`` and a linear classifier on the source task; return the extractor's
     state_dict. Deterministic in ``seed`` on one machine (the images, the initialisation of the
     classifier, the batches and the flips all come from it)."""
@@ -144,7 +144,7 @@ def train(extractor: nn.Module, recipe: dict, seed: int) -> dict[str, torch.Tens
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.2)
         g = torch.Generator().manual_seed(seed)
         bar = tqdm(total=steps, desc=f"pretraining {getattr(extractor, 'name', '')} on generated images".replace("  ", " "),
-                   file=sys.stderr, leave=False, mininterval=1.0)
+                   file=sys.stderr, leave=False, mininterval=1.0, disable=not progress)
         correct = seen = 0
         for _epoch in range(epochs):
             order = torch.randperm(n, generator=g)

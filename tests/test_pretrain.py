@@ -54,6 +54,17 @@ def test_built_once_beside_torch_weights_with_the_recipe_and_digest_in_its_name(
     assert not torch.equal(a.conv1.weight, random.conv1.weight)
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_first_build_shows_a_progress_bar_unless_quiet(own_hub, capfd, progress):
+    """``--quiet`` (cfg.progress False) reaches the pretraining's bar through the model's config."""
+    import cifar_tl
+
+    cfg = cifar_tl.Config.for_profile("smoke", progress=progress)
+    cifar_tl.models.TransferModel.from_config(cfg)
+    err = capfd.readouterr().err
+    assert ("pretraining resnet18 on generated images" in err) == progress, err[-300:]
+
+
 def test_same_seed_same_weights_other_seed_other_weights(one_thread):
     def extractor(seed):
         torch.manual_seed(seed)
