@@ -88,10 +88,13 @@ def main() -> None:
           f"python {sys.version.split()[0]}")
     rows = []
     for path in paths:
-        load = os.getloadavg()[0]
-        seconds = run(path, env, a.timeout, a.keep)
+        load, t0 = os.getloadavg()[0], time.perf_counter()
+        try:
+            seconds, failed = run(path, env, a.timeout, a.keep), ""
+        except Exception as e:  # a cell that fails on these sizes: say which, and go on
+            seconds, failed = time.perf_counter() - t0, f"  FAILED: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
         rows.append((path.stem, seconds, load, os.getloadavg()[0]))
-        print(f"{path.stem:28s} {seconds:8.1f} s  (load {load:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"{path.stem:28s} {seconds:8.1f} s  (load {load:.1f} -> {os.getloadavg()[0]:.1f}){failed}", flush=True)
     print(json.dumps({r[0]: round(r[1], 1) for r in rows}))
 
 
