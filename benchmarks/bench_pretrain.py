@@ -77,23 +77,23 @@ def claims(weights) -> None:
     from cifar_tl.models import build_backbone
 
     start = time.perf_counter()
-    pre, pre_head = t.frozen_head(build_backbone("resnet18", weights), train_ds, val_ds, standardize=False)
-    rnd, rnd_head = t.frozen_head(build_backbone("resnet18", None), train_ds, val_ds, standardize=True)
+    backbone, random_backbone = build_backbone("resnet18", weights), build_backbone("resnet18", None)
+    pre, pre_head = t.frozen_head(backbone, train_ds, val_ds, standardize=False)
+    rnd, rnd_head = t.frozen_head(random_backbone, train_ds, val_ds, standardize=True)
     print(f"target: {weights} + bare head {pre:.3f}; random + standardised head {rnd:.3f} "
           f"(ratio {pre / max(rnd, 1e-9):.2f}, {100 * (pre - rnd):+.1f} points) [{time.perf_counter() - start:.0f} s]")
     from cifar_tl import features
 
     y = torch.tensor(val_ds.targets)
-    for name, w, head in ((f"{weights} + bare head", weights, pre_head), ("random + standardised head", None, rnd_head)):
-        x = features.extract(build_backbone("resnet18", w), t.image_tensor(val_ds), 32, "cpu", features.VIEWS_TEST,
-                             progress=False)[:, 0]
+    for name, bb, head in ((f"{weights} + bare head", backbone, pre_head),
+                           ("random + standardised head", random_backbone, rnd_head)):
+        x = features.extract(bb, t.image_tensor(val_ds), 32, "cpu", features.VIEWS_TEST, progress=False)[:, 0]
         with torch.no_grad():
             p = head.eval()(x).argmax(1)
         print(f"  {name}: hue right {(p // 10 == y // 10).float().mean():.3f}, "
               f"texture right {(p % 10 == y % 10).float().mean():.3f}")
     start = time.perf_counter()
     sh_train, sh_val = t.splits("synthetic-sketch", per_class_train=t.SHIFTED_PER_CLASS_TRAIN)
-    backbone = build_backbone("resnet18", weights)
     frozen, _ = t.frozen_head(backbone, sh_train, sh_val, standardize=False, epochs=8)
     print(f"shifted: frozen head {frozen:.3f}")
     for decay, bn in ((0.3, False), (1.0, False), (0.3, True), (0.001, False)):
@@ -101,20 +101,8 @@ def claims(weights) -> None:
         print(f"shifted: fine-tune top 2 stages, lr_decay {decay}, bn_train {bn}, batch 8: {acc:.3f}")
     print(f"[{time.perf_counter() - start:.0f} s]")
     start = time.perf_counter()
-    from cifar_tl import engine, features
-    from cifar_tl.models import MLPHead
-
-    tr = features.extract(backbone, t.image_tensor(train_ds), 32, "cpu", features.VIEWS_TRAIN, progress=False)
-    for seed in (0, 1, 2):
-        torch.manual_seed(seed)
-        head = MLPHead(backbone.num_features, 100, (256, 256), standardize=False)
-        loader = features.FeatureLoader(tr, torch.tensor(train_ds.targets), 32, train=True, seed=seed)
-        found = engine.lr_find(head, loader)
-        s = found["suggestion"]
-        accs = {f: t.frozen_head(backbone, train_ds, val_ds, standardize=False, lr=s * f, seed=seed)[0]
-                for f in (0.1, 1, 10)}
-        print(f"seed {seed}: lr_find suggestion (valley) {s:.2e} (lowest loss / 10: {found['min_loss_lr'] / 10:.2e}): "
-              + ", ".join(f"{f}x -> {a:.3f}" for f, a in accs.items()))
+    for seed, (s, accs) in t.lr_finder_runs(backbone, train_ds, val_ds).items():
+        print(f"seed {seed}: lr_find suggestion (valley) {s:.2e}: " + ", ".join(f"{f}x -> {a:.3f}" for f, a in accs.items()))
     print(f"[{time.perf_counter() - start:.0f} s]")
 
 

@@ -13,7 +13,7 @@ class.
 Each class has one orientation (up to a small jitter and its mirror image), as ImageNet's classes
 are mostly seen upright. Version 2 drew every pattern at a random angle: the backbone learnt to
 ignore orientation, and with it the difference between the target's horizontal, vertical and
-diagonal stripes (texture accuracy 39% against 60% now; benchmarks/README.md).
+diagonal stripes (texture accuracy 39% against 52% now; benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_each_group_gets_its_learning_rate_and_the_schedule(setup):
     assert all(a / b == pytest.approx(2.0) for a, b in zip(lrs["layer4"], lrs["layer3"]))
 
 
-def test_fine_tuning_without_warm_up_starts_at_the_peak_rate(setup):
+def test_fine_tuning_without_warm_up_starts_at_the_peak_rate(setup, monkeypatch):
     """``warmup_steps=0`` (notebook 09's comparison): the first step already runs at each group's peak."""
     cfg, model, train_ds, _ = setup
     assert finetune.make_schedule(100, 0)(0) == 1.0 and finetune.make_schedule(100, 0)(50) < 1.0
@@ -90,13 +90,12 @@ def test_fine_tuning_without_warm_up_starts_at_the_peak_rate(setup):
         first.append(factor)
         real_set_lr(optimizer, factor)
 
-    import unittest.mock
-    with unittest.mock.patch.object(finetune, "set_lr", spy):
-        finetune.fine_tune(model, train_ds, None, cfg, "cpu", epochs=1, optimizer=opt, warmup_steps=0, batch_size=8)
-        assert first[0] == 1.0
-        first.clear()
-        finetune.fine_tune(copy.deepcopy(model), train_ds, None, cfg, "cpu", epochs=1, warmup_steps=None, batch_size=8)
-        assert first[0] < 1.0
+    monkeypatch.setattr(finetune, "set_lr", spy)
+    finetune.fine_tune(model, train_ds, None, cfg, "cpu", epochs=1, optimizer=opt, warmup_steps=0, batch_size=8)
+    assert first[0] == 1.0
+    first.clear()
+    finetune.fine_tune(copy.deepcopy(model), train_ds, None, cfg, "cpu", epochs=1, warmup_steps=None, batch_size=8)
+    assert first[0] < 1.0
 
 
 @pytest.mark.parametrize("bad", [-1, 6, "some", 1.5, "2.5"])
