@@ -115,7 +115,7 @@ def _same_superclass(ns, same_superclass):
     """, [("recovered = (normalised - mean) / std", "second time"),
           ("recovered = normalised * std", "mean is missing"),
           ("recovered = (normalised + mean) * std", "reverse order")],
-    hint="use normalised, mean and std (shapes [3, H, W], [3, 1, 1], [3, 1, 1])")
+    hint=("use normalised, mean and std (shapes [3, H, W], [3, 1, 1], [3, 1, 1])", ""))
 def _recovered(ns, recovered):
     t, n, mean, std = ns["tensor"], ns["normalised"], ns["mean"], ns["std"]
     r = torch.as_tensor(recovered).float()

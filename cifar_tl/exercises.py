@@ -31,12 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["NOT_ANSWERED", "Exercise", "Verdict", "Wrong", "answered", "check", "solution", "verdict",
+__all__ = ["NOT_ANSWERED", "Exercise", "Verdict", "Wrong", "answered", "check", "has_chinese", "solution", "verdict",
            "verify"]
 
 NOT_ANSWERED = ("not answered yet: replace the ... with your answer and run the cell again"
                 " · 还没有作答：把 ... 换成你的答案，再运行这个单元格")
-# The verdict's first word in both of the course's languages (the diagnosis after it is English).
+# The verdict's first word in both of the course's languages; the sentence after it is said in
+# English, then in Chinese on the next line.
 LABELS = {"right": "right · 正确", "wrong": "wrong · 错误"}
 VERIFY_ENV = "CIFAR_TL_EXERCISES"
 BANKS = {"00": "basics", "01": "basics", "02": "basics", "03": "basics", "04": "basics",
@@ -44,18 +45,37 @@ BANKS = {"00": "basics", "01": "basics", "02": "basics", "03": "basics", "04": "
 
 
 class Wrong(Exception):
-    """Raised by an exercise's test with its diagnosis: what is wrong, and a hint (never the answer)."""
+    """Raised by an exercise's test with its diagnosis: what is wrong, and a hint (never the answer),
+    in English and in Chinese: ``raise Wrong("divide the other way", "反过来除")``."""
+
+    def __init__(self, message: str, zh: str = ""):
+        super().__init__(message)
+        self.zh = zh
+
+
+def has_chinese(text: str) -> bool:
+    """Whether ``text`` holds a CJK ideograph (the course's check that a sentence has its Chinese)."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def _bilingual(said) -> tuple[str, str]:
+    """(English, Chinese) of a test's sentence: a string (English only) or a pair."""
+    if isinstance(said, tuple):
+        return said[0], said[1]
+    return (said or ""), ""
 
 
 @dataclass
 class Verdict:
     status: str  # "not answered", "wrong" or "right"
     message: str = ""
+    zh: str = ""  # the message in Chinese
 
     def __str__(self) -> str:
         if self.status == "not answered":
             return NOT_ANSWERED
-        return f"{LABELS.get(self.status, self.status)}{': ' + self.message if self.message else ''}"
+        text = f"{LABELS.get(self.status, self.status)}{': ' + self.message if self.message else ''}"
+        return f"{text}\n    {self.zh}" if self.zh else text
 
 
 @dataclass
@@ -70,14 +90,15 @@ class Exercise:
     test: Callable[..., str]
     solution: str
     wrongs: list[tuple[str, str, str]] = field(default_factory=list)
-    hint: str = ""  # said when the answer makes the check raise
+    hint: tuple[str, str] = ("", "")  # (English, Chinese), said when the answer makes the check raise
 
 
 EXERCISES: dict[str, Exercise] = {}
 
 
-def register(key: str, names: str, solution: str, wrongs: list[tuple], hint: str = ""):
-    """Decorator for an exercise's test: ``@register("00.1", "my_speedup", SOLUTION, WRONGS)``."""
+def register(key: str, names: str, solution: str, wrongs: list[tuple], hint: tuple[str, str] = ("", "")):
+    """Decorator for an exercise's test: ``@register("00.1", "my_speedup", SOLUTION, WRONGS)``. The
+    test returns what is said with "right" as an (English, Chinese) pair, or raises :class:`Wrong`."""
 
     def wrap(test):
         EXERCISES[key] = Exercise(key, tuple(names.split()), test, textwrap.dedent(solution).strip(),
@@ -131,7 +152,9 @@ def verdict(key: str, *answers: Any, ns: dict) -> Verdict:
     variables ``ns``; never raises for an unanswered or a wrong answer."""
     ex = exercise(key)
     if len(answers) != len(ex.names):
-        return Verdict("wrong", f"the check takes {len(ex.names)} answer(s): {', '.join(ex.names)}")
+        names = ", ".join(ex.names)
+        return Verdict("wrong", f"the check takes {len(ex.names)} answer(s): {names}",
+                       f"这个检查需要 {len(ex.names)} 个答案：{names}")
     if not all(answered(a) for a in answers):
         return Verdict("not answered")
     try:
@@ -139,10 +162,13 @@ def verdict(key: str, *answers: Any, ns: dict) -> Verdict:
     except _Blank:
         return Verdict("not answered")
     except Wrong as e:
-        return Verdict("wrong", str(e))
+        return Verdict("wrong", str(e), e.zh)
     except Exception as e:  # the student's answer may make anything raise: say so, go on
-        return Verdict("wrong", f"{ex.hint + ' ' if ex.hint else ''}({type(e).__name__}: {e})".strip())
-    return Verdict("right", said or "")
+        error = f"({type(e).__name__}: {e})"
+        hint, hint_zh = ex.hint
+        return Verdict("wrong", f"{hint} {error}".strip(),
+                       f"{hint_zh or '你的答案在检查时出错'} {error}")
+    return Verdict("right", *_bilingual(said))
 
 
 def _caller_globals(depth: int = 2) -> dict:
