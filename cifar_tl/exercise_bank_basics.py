@@ -13,34 +13,42 @@ def _close(a, b, rel: float = 1e-6) -> bool:
     return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-12)
 
 
-def _number(answer, what: str) -> float:
+def _number(answer, what: str, what_zh: str) -> float:
     try:
         return float(answer)
     except (TypeError, ValueError):
-        raise Wrong(f"{what} is one number; this is a {type(answer).__name__}") from None
+        kind = type(answer).__name__
+        raise Wrong(f"{what} is one number; this is a {kind}",
+                    f"{what_zh}是一个数；这里给的是 {kind}") from None
 
 
 # ---- 00 setup --------------------------------------------------------------------------------
 @register("00.1", "my_speedup", """
     my_speedup = fast_rate / tutorial_rate
     print(f"batched: {fast_rate:.0f} images/s; the tutorial's per-image path: {tutorial_rate:.0f} images/s")
+    print(f"按批次：每秒 {fast_rate:.0f} 张；教程的逐张处理：每秒 {tutorial_rate:.0f} 张")
     print(f"my_speedup = fast_rate / tutorial_rate = {my_speedup:.1f}: the same backbone does {my_speedup:.1f}x "
           "more images per second when it gets them in batches")
+    print(f"同一个骨干网络按批次输入时，每秒处理的图像数是逐张输入的 {my_speedup:.1f} 倍")
     """, [("my_speedup = tutorial_rate / fast_rate", "slower"),
           ("my_speedup = fast_rate - tutorial_rate", "difference"),
           ("my_speedup = 10.0", "typed-in")])
 def _speedup(ns, my_speedup):
     fast, slow = ns["fast_rate"], ns["tutorial_rate"]
-    a = _number(my_speedup, "a speed-up")
+    a = _number(my_speedup, "a speed-up", "加速比")
     if _close(a, fast / slow):
-        return f"the batched path is {a:.1f}x faster here"
+        return f"the batched path is {a:.1f}x faster here", f"在这里，按批次处理快了 {a:.1f} 倍"
     if _close(a, slow / fast):
         raise Wrong(f"{a:.3g} is the tutorial's rate over the batched one: how much slower the tutorial is; "
-                    "divide the other way")
+                    "divide the other way",
+                    f"{a:.3g} 是教程的速率除以按批次的速率：这是教程慢了多少；反过来除")
     if _close(a, fast - slow):
-        raise Wrong("that is a difference of two rates (images per second); 'how many times' is a ratio")
+        raise Wrong("that is a difference of two rates (images per second); 'how many times' is a ratio",
+                    "这是两个速率之差（每秒图像数）；“快多少倍”是一个比值")
     raise Wrong(f"{a:.3g} is not what the two rates measured above give (a typed-in number does not follow "
-                "a new measurement): write it from fast_rate and tutorial_rate")
+                "a new measurement): write it from fast_rate and tutorial_rate",
+                f"{a:.3g} 不是上面测得的两个速率给出的值（手动写入的数字不会随新的测量而更新）："
+                "请用 fast_rate 和 tutorial_rate 来写")
 
 
 @register("00.2", "cpu_pixel_fraction", """
@@ -49,7 +57,10 @@ def _speedup(ns, my_speedup):
     cpu_pixel_fraction = (side / 300) ** 2
     print(f"cpu images are {side} px, the tutorial's 300 px: sides {side / 300:.0%}, "
           f"pixels {cpu_pixel_fraction:.0%} (the square: both width and height shrink)")
+    print(f"cpu 预设配置的图像边长 {side} px，教程是 300 px：边长为 {side / 300:.0%}，"
+          f"像素数为 {cpu_pixel_fraction:.0%}（取平方：宽和高都缩小了）")
     print(f"so about {1 / cpu_pixel_fraction:.1f}x less backbone work per image")
+    print(f"所以骨干网络处理每张图像的计算量约降为原来的 1/{1 / cpu_pixel_fraction:.1f}")
     """, [("cpu_pixel_fraction = Config.for_profile('cpu').image_size / 300", "sides"),
           ("cpu_pixel_fraction = (300 / Config.for_profile('cpu').image_size) ** 2", "above 1"),
           ("cpu_pixel_fraction = 0.4", "typed")])
@@ -57,15 +68,20 @@ def _pixel_fraction(ns, cpu_pixel_fraction):
     from .config import Config
 
     side = Config.for_profile("cpu").image_size
-    a = _number(cpu_pixel_fraction, "a fraction")
+    a = _number(cpu_pixel_fraction, "a fraction", "比例")
     if _close(a, (side / 300) ** 2):
-        return f"{a:.0%} of the pixels, so roughly {1 / a:.1f}x less backbone work per image"
+        return (f"{a:.0%} of the pixels, so roughly {1 / a:.1f}x less backbone work per image",
+                f"像素数为原来的 {a:.0%}，骨干网络处理每张图像的计算量约降为 1/{1 / a:.1f}")
     if _close(a, side / 300):
-        raise Wrong("that is the ratio of the sides; an image has width x height pixels, and both shrink")
+        raise Wrong("that is the ratio of the sides; an image has width x height pixels, and both shrink",
+                    "这是边长之比；一张图像有 宽 x 高 个像素，两者都缩小了")
     if a > 1:
-        raise Wrong(f"{a:.3g} is above 1: that is the tutorial's pixels over the cpu profile's, not a fraction of them")
+        raise Wrong(f"{a:.3g} is above 1: that is the tutorial's pixels over the cpu profile's, not a fraction of them",
+                    f"{a:.3g} 大于 1：这是教程的像素数除以 cpu 预设配置的像素数，不是占比")
     raise Wrong(f"{a:.3g} does not follow from the size in Config.for_profile('cpu') (a typed number goes stale "
-                "when the profile changes): compute it from image_size")
+                "when the profile changes): compute it from image_size",
+                f"{a:.3g} 与 Config.for_profile('cpu') 中的尺寸对不上（手动写入的数字在预设配置改变后就过时了）："
+                "请由 image_size 计算")
 
 
 # ---- 01 dataset ------------------------------------------------------------------------------
@@ -74,7 +90,10 @@ def _pixel_fraction(ns, cpu_pixel_fraction):
     same_superclass = [name for k, name in enumerate(train_ds.classes) if train_ds.fine_to_coarse[k] == group]
     print(f"class 7, {train_ds.classes[7]!r}, is in the superclass {train_ds.coarse_classes[group]!r} "
           f"with {len(same_superclass) - 1} others: {same_superclass}")
+    print(f"第 7 类 {train_ds.classes[7]!r} 属于超类 {train_ds.coarse_classes[group]!r}，"
+          f"同一超类里还有另外 {len(same_superclass) - 1} 个细类：{same_superclass}")
     print("mistaking one of these for another is wrong for the fine label, right for the superclass")
+    print("把其中一个认成另一个：按细类标签算错，按超类算对")
     """, [("same_superclass = [k for k in range(len(train_ds.classes)) "
            "if train_ds.fine_to_coarse[k] == train_ds.fine_to_coarse[7]]", "indices"),
           ("same_superclass = [n for k, n in enumerate(train_ds.classes) "
@@ -85,57 +104,83 @@ def _same_superclass(ns, same_superclass):
     group = ds.fine_to_coarse[7]
     expected = {name for k, name in enumerate(ds.classes) if ds.fine_to_coarse[k] == group}
     if isinstance(same_superclass, str):
-        raise Wrong("one string: the answer is a list of class names")
+        raise Wrong("one string: the answer is a list of class names",
+                    "这是一个字符串：答案应是由类名组成的列表")
     names = list(same_superclass)
     if any(not isinstance(n, str) for n in names):
-        raise Wrong("these are class indices (numbers); the exercise asks for their names: train_ds.classes[k]")
-    if ds.coarse_classes[group] in names:
-        raise Wrong(f"{ds.coarse_classes[group]!r} is the superclass's own name; list the fine classes in it")
+        raise Wrong("these are class indices (numbers); the exercise asks for their names: train_ds.classes[k]",
+                    "这些是类的索引（数字）；题目要的是它们的名字：train_ds.classes[k]")
+    superclass = ds.coarse_classes[group]
+    if superclass in names:
+        raise Wrong(f"{superclass!r} is the superclass's own name; list the fine classes in it",
+                    f"{superclass!r} 是超类本身的名字；请列出它包含的细类")
     if len(names) != len(set(names)):
-        raise Wrong("a name appears more than once")
+        raise Wrong("a name appears more than once", "有名字出现了不止一次")
     missing, extra = expected - set(names), set(names) - expected
     if extra:
         other = sorted(extra)[0]
         k = ds.classes.index(other) if other in ds.classes else None
-        where = f" (in {ds.coarse_classes[ds.fine_to_coarse[k]]!r})" if k is not None else ""
+        home = ds.coarse_classes[ds.fine_to_coarse[k]] if k is not None else None
+        where = f" (in {home!r})" if k is not None else ""
+        where_zh = f"（属于 {home!r}）" if k is not None else ""
         raise Wrong(f"{len(extra)} name(s) from another superclass, e.g. {other!r}{where}: "
-                    "compare fine_to_coarse[k] with fine_to_coarse[7]")
+                    "compare fine_to_coarse[k] with fine_to_coarse[7]",
+                    f"有 {len(extra)} 个名字来自别的超类，例如 {other!r}{where_zh}："
+                    "把 fine_to_coarse[k] 与 fine_to_coarse[7] 比较")
     if missing == {ds.classes[7]}:
-        raise Wrong("class 7's own name is missing: it shares its superclass with itself")
+        raise Wrong("class 7's own name is missing: it shares its superclass with itself",
+                    "缺少第 7 类自己的名字：它和自己当然同属一个超类")
     if missing:
-        raise Wrong(f"{len(missing)} name(s) missing: go through every class k")
-    return f"{ds.classes[7]!r} shares the superclass {ds.coarse_classes[group]!r} with {sorted(expected - {ds.classes[7]})}"
+        raise Wrong(f"{len(missing)} name(s) missing: go through every class k",
+                    f"缺少 {len(missing)} 个名字：要遍历每一个类 k")
+    others = sorted(expected - {ds.classes[7]})
+    return (f"{ds.classes[7]!r} shares the superclass {superclass!r} with {others}",
+            f"{ds.classes[7]!r} 与 {others} 同属超类 {superclass!r}")
 
 
 @register("01.2", "recovered", """
     recovered = normalised * std + mean  # Normalize did (tensor - mean) / std: undo it in reverse order
+    # Normalize 做的是 (tensor - mean) / std：按相反的顺序撤销它
     print(f"normalised: {normalised.min():.2f} .. {normalised.max():.2f}; "
           f"recovered: {recovered.min():.2f} .. {recovered.max():.2f} (ToTensor's 0..1)")
+    print(f"归一化后：{normalised.min():.2f} .. {normalised.max():.2f}；"
+          f"还原后：{recovered.min():.2f} .. {recovered.max():.2f}（即 ToTensor 的 0..1）")
     print(f"largest difference from ToTensor's image: {(recovered - tensor).abs().max():.1e} (rounding only)")
+    print(f"与 ToTensor 图像的最大差异：{(recovered - tensor).abs().max():.1e}（只是舍入误差）")
     """, [("recovered = (normalised - mean) / std", "second time"),
           ("recovered = normalised * std", "mean is missing"),
           ("recovered = (normalised + mean) * std", "reverse order")],
-    hint=("use normalised, mean and std (shapes [3, H, W], [3, 1, 1], [3, 1, 1])", ""))
+    hint=("use normalised, mean and std (shapes [3, H, W], [3, 1, 1], [3, 1, 1])",
+          "用 normalised、mean 和 std 来算（形状分别是 [3, H, W]、[3, 1, 1]、[3, 1, 1]）"))
 def _recovered(ns, recovered):
     t, n, mean, std = ns["tensor"], ns["normalised"], ns["mean"], ns["std"]
     r = torch.as_tensor(recovered).float()
     if r.shape != t.shape:
-        raise Wrong(f"shape {tuple(r.shape)}; ToTensor's image is {tuple(t.shape)}")
+        raise Wrong(f"shape {tuple(r.shape)}; ToTensor's image is {tuple(t.shape)}",
+                    f"形状是 {tuple(r.shape)}；ToTensor 的图像是 {tuple(t.shape)}")
 
     def same(x):
         return torch.allclose(r, x, atol=1e-5, rtol=0)
 
     if same(t):
-        return f"ToTensor's image again, values {float(r.min()):.2f} .. {float(r.max()):.2f}"
+        low, high = float(r.min()), float(r.max())
+        return (f"ToTensor's image again, values {low:.2f} .. {high:.2f}",
+                f"又得到了 ToTensor 的图像，取值 {low:.2f} .. {high:.2f}")
     if same(n):
-        raise Wrong("that is still the normalised image (it has values below 0)")
+        raise Wrong("that is still the normalised image (it has values below 0)",
+                    "这还是归一化后的图像（其中有小于 0 的值）")
     if same((n - mean) / std):
-        raise Wrong("you normalised a second time: (x - mean) / std is what Normalize did; apply the inverse operations")
+        raise Wrong("you normalised a second time: (x - mean) / std is what Normalize did; apply the inverse operations",
+                    "你又归一化了一次：(x - mean) / std 正是 Normalize 做过的；要用它的逆运算")
     if same(n * std):
-        raise Wrong("the mean is missing: after multiplying by std, add the mean back")
+        raise Wrong("the mean is missing: after multiplying by std, add the mean back",
+                    "缺少均值：乘以 std 之后，还要把均值加回来")
     if same((n + mean) * std):
-        raise Wrong("undo in reverse order: Normalize subtracted the mean, then divided by std; so multiply first, then add")
-    raise Wrong(f"it differs from ToTensor's image by up to {float((r - t).abs().max()):.3g}")
+        raise Wrong("undo in reverse order: Normalize subtracted the mean, then divided by std; so multiply first, then add",
+                    "要按相反的顺序撤销：Normalize 先减去均值，再除以 std；所以要先乘，再加")
+    gap = float((r - t).abs().max())
+    raise Wrong(f"it differs from ToTensor's image by up to {gap:.3g}",
+                f"它与 ToTensor 的图像最多相差 {gap:.3g}")
 
 
 # ---- 02 loader -------------------------------------------------------------------------------
@@ -144,6 +189,8 @@ def _recovered(ns, recovered):
     left_out = len(train_ds) % 32
     print(f"{len(train_ds)} images = {batches} whole batches of 32 + {left_out} left over; "
           f"drop_last=True leaves those {left_out} out of each epoch (a different {left_out}: the order is shuffled)")
+    print(f"{len(train_ds)} 张图像 = {batches} 个 32 张的完整批次 + 剩下的 {left_out} 张；"
+          f"drop_last=True 让每轮（epoch）都丢掉这 {left_out} 张（每次是不同的 {left_out} 张：顺序是打乱的）")
     """, [("left_out = len(train_ds) // 32", "number of whole batches"),
           ("left_out = 32 - len(train_ds) % 32", "fill")])
 def _left_out(ns, left_out):
@@ -152,15 +199,19 @@ def _left_out(ns, left_out):
     n = len(ns["train_ds"])
     truth = n - len(make_loader(ns["train_ds"], 32, train=True)) * 32
     if left_out == truth:
-        return f"{left_out} images sit out each epoch (a different {left_out} each time)"
-    mistakes = []  # one value can match two mistakes (900 images: 28 batches, and 28 more would fill one)
+        return (f"{left_out} images sit out each epoch (a different {left_out} each time)",
+                f"每轮（epoch）有 {left_out} 张图像轮空（每次是不同的 {left_out} 张）")
+    mistakes, mistakes_zh = [], []  # one value can match two mistakes (900 images: 28 batches, and 28 more would fill one)
     if left_out == n // 32:
         mistakes.append(f"{left_out} is the number of whole batches, not of images left over")
+        mistakes_zh.append(f"{left_out} 是完整批次的个数，不是剩下的图像数")
     if left_out == 32 - truth:
         mistakes.append(f"{left_out} more images would fill one more batch; how many are left over?")
+        mistakes_zh.append(f"再有 {left_out} 张图像就能再凑满一个批次；那剩下的是多少张？")
     if mistakes:
-        raise Wrong("; or: ".join(mistakes))
-    raise Wrong(f"building the loader and counting says otherwise: {n} images, batches of 32, whole batches only")
+        raise Wrong("; or: ".join(mistakes), "；或者：".join(mistakes_zh))
+    raise Wrong(f"building the loader and counting says otherwise: {n} images, batches of 32, whole batches only",
+                f"构建加载器数一数，结果不是这样：{n} 张图像，每个批次 32 张，只保留完整的批次")
 
 
 @register("02.2", "once_loader", """
@@ -169,10 +220,14 @@ def _left_out(ns, left_out):
     once_loader = data.make_loader(test_ds, 8, train=False)
     counted = Counter(i for batch in once_loader.batch_sampler for i in batch)
     print(f"train=False: {len(counted)} of {len(test_ds)} test images, each seen {sorted(set(counted.values()))} time(s), in order")
+    print(f"train=False：测试集的 {len(test_ds)} 张图像中用到了 {len(counted)} 张，"
+          f"每张出现 {sorted(set(counted.values()))} 次，按原顺序")
     tutorial_way = data.make_loader(test_ds, 8, train=True)
     seen = Counter(i for batch in tutorial_way.batch_sampler for i in batch)
     print(f"the tutorial's way (shuffle, drop_last): {len(test_ds) - len(seen)} test images never seen, "
           "and a new order each time, so predictions no longer line up with test_ds")
+    print(f"教程的做法（shuffle、drop_last）：测试集有 {len(test_ds) - len(seen)} 张图像从未被用到，"
+          "而且每次顺序都不同，所以预测结果与 test_ds 对不上了")
     """, [("once_loader = data.make_loader(test_ds, 8, train=True)", "train=False"),
           ("once_loader = data.make_loader(train_ds, 8, train=False)", "training images"),
           ("once_loader = list(range(len(test_ds)))", "DataLoader")])
@@ -183,24 +238,33 @@ def _once_loader(ns, once_loader):
 
     test_ds = ns["test_ds"]
     if not isinstance(once_loader, DataLoader):
-        raise Wrong(f"a {type(once_loader).__name__}; the answer is a DataLoader (data.make_loader(...)) "
-                    "that the check walks through")
+        kind = type(once_loader).__name__
+        raise Wrong(f"a {kind}; the answer is a DataLoader (data.make_loader(...)) "
+                    "that the check walks through",
+                    f"这是一个 {kind}；答案应是一个 DataLoader（data.make_loader(...)），检查会遍历它")
     if once_loader.dataset is not test_ds:
         if once_loader.dataset is ns.get("train_ds"):
-            raise Wrong("that loader goes through the training images; the test loop needs test_ds")
-        raise Wrong("that loader does not go through test_ds")
+            raise Wrong("that loader goes through the training images; the test loop needs test_ds",
+                        "这个加载器遍历的是训练集图像；测试循环需要的是 test_ds")
+        raise Wrong("that loader does not go through test_ds", "这个加载器遍历的不是 test_ds")
     order = [i for batch in once_loader.batch_sampler for i in batch]
     counts = Counter(order)
     missing, twice = len(test_ds) - len(counts), sum(v > 1 for v in counts.values())
     if missing and once_loader.drop_last:
         raise Wrong(f"drop_last=True: {missing} test images are never tested; a test loader keeps every batch "
-                    "(make_loader(..., train=False))")
+                    "(make_loader(..., train=False))",
+                    f"drop_last=True：测试集有 {missing} 张图像永远测不到；测试用的加载器要保留每一个批次"
+                    "（make_loader(..., train=False)）")
     if missing or twice:
-        raise Wrong(f"{missing} test images never seen and {twice} seen more than once")
+        raise Wrong(f"{missing} test images never seen and {twice} seen more than once",
+                    f"测试集有 {missing} 张图像从未出现，{twice} 张出现了不止一次")
     if order != sorted(order):
         raise Wrong("every image once, but shuffled: the predictions no longer line up with test_ds's order; "
-                    "a test loader keeps the order (make_loader(..., train=False))")
-    return f"{len(once_loader)} batches: every one of the {len(test_ds)} test images, once, in order"
+                    "a test loader keeps the order (make_loader(..., train=False))",
+                    "每张图像都出现了一次，但顺序被打乱了：预测结果与 test_ds 的顺序对不上；"
+                    "测试用的加载器要保持顺序（make_loader(..., train=False)）")
+    return (f"{len(once_loader)} batches: every one of the {len(test_ds)} test images, once, in order",
+            f"{len(once_loader)} 个批次：测试集的 {len(test_ds)} 张图像每张恰好一次，按原顺序")
 
 
 # ---- 03 transfer learning ---------------------------------------------------------------------
@@ -209,7 +273,10 @@ def _once_loader(ns, once_loader):
     fmap = maps[last]
     print(f"last stage: {tuple(fmap.shape)} -> pooled {tuple(my_pooled.shape)}: "
           f"{fmap.shape[2]} x {fmap.shape[3]} positions averaged into one number per channel")
+    print(f"最后一个阶段：{tuple(fmap.shape)} -> 池化后 {tuple(my_pooled.shape)}："
+          f"{fmap.shape[2]} x {fmap.shape[3]} 个位置平均成每个通道一个数")
     print("the head sees only these numbers: where in the image a pattern was is averaged away")
+    print("分类头只看到这些数：某个模式出现在图像的哪个位置，已经被平均掉了")
     """, [("my_pooled = maps[last].mean(dim=1)", "channels"),
           ("my_pooled = maps[last].mean(dim=(2, 3))[0]", "batch"),
           ("my_pooled = maps[last].flatten(1)", "every position")])
@@ -218,43 +285,58 @@ def _pooled(ns, my_pooled):
     a = torch.as_tensor(my_pooled)
     truth = fmap.mean(dim=(2, 3))
     if a.shape == truth.shape and torch.allclose(a, truth, atol=1e-6):
-        return f"{a.shape[1]} numbers, one per channel"
+        return f"{a.shape[1]} numbers, one per channel", f"{a.shape[1]} 个数，每个通道一个"
     if a.shape == fmap.mean(dim=1).shape and torch.allclose(a, fmap.mean(dim=1), atol=1e-6):
-        raise Wrong("averaged over the channels (dim 1): one number per position; average over height and width")
+        raise Wrong("averaged over the channels (dim 1): one number per position; average over height and width",
+                    "这是在通道上（dim 1）求的平均：每个位置一个数；应在高和宽上求平均")
     if a.numel() == truth.numel() and torch.allclose(a.flatten(), truth.flatten(), atol=1e-6):
-        raise Wrong(f"the right numbers in shape {tuple(a.shape)}: keep the batch dimension, [1, C]")
+        raise Wrong(f"the right numbers in shape {tuple(a.shape)}: keep the batch dimension, [1, C]",
+                    f"数值对了，但形状是 {tuple(a.shape)}：要保留批次维度，[1, C]")
     if a.numel() == fmap.numel():
-        raise Wrong("that keeps every position of the map; pooling averages them away, to [1, C]")
-    raise Wrong(f"shape {tuple(a.shape)}: average the [1, C, H, W] map over dims 2 and 3, to [1, C]"
-                if a.shape != truth.shape else "the right shape, other numbers: a mean over height and width")
+        raise Wrong("that keeps every position of the map; pooling averages them away, to [1, C]",
+                    "这保留了特征图的每一个位置；池化要把它们平均掉，得到 [1, C]")
+    if a.shape != truth.shape:
+        raise Wrong(f"shape {tuple(a.shape)}: average the [1, C, H, W] map over dims 2 and 3, to [1, C]",
+                    f"形状是 {tuple(a.shape)}：把 [1, C, H, W] 的特征图在第 2、3 维上求平均，得到 [1, C]")
+    raise Wrong("the right shape, other numbers: a mean over height and width",
+                "形状对了，数值不对：应是在高和宽上的平均")
 
 
 @register("03.2", "nn_superclass", """
     nn_superclass = nearest_neighbour_accuracy(z, torch.tensor(coarse))
     print(f"nearest neighbour in the same superclass: {nn_superclass:.1%} (chance: 1 in 20, 5%); "
           f"in the same fine class: {nn_features:.1%} (chance 1%)")
+    print(f"最近邻属于同一超类：{nn_superclass:.1%}（随机猜测：20 选 1，5%）；"
+          f"属于同一细类：{nn_features:.1%}（随机猜测 1%）")
     print("a neighbour of the same fine class is also in the same superclass, so the first can only be higher")
+    print("同一细类的近邻必然也在同一超类里，所以前者只会更高（至少相等）")
     """, [("nn_superclass = nearest_neighbour_accuracy(z, labels)", "fine-class"),
           ("nn_superclass = 1 / 20", "chance")])
 def _nn_superclass(ns, nn_superclass):
     truth = ns["nearest_neighbour_accuracy"](ns["z"], torch.as_tensor(ns["coarse"]))
-    a = _number(nn_superclass, "an accuracy")
+    a = _number(nn_superclass, "an accuracy", "准确率")
     if _close(a, truth, 1e-9):
-        return f"{a:.1%} in the same superclass (chance 5%; fine class: {ns['nn_features']:.1%})"
+        fine = ns["nn_features"]
+        return (f"{a:.1%} in the same superclass (chance 5%; fine class: {fine:.1%})",
+                f"{a:.1%} 的最近邻属于同一超类（随机猜测 5%；同一细类：{fine:.1%}）")
     if _close(a, ns["nn_features"], 1e-9):
-        raise Wrong("that is the fine-class accuracy, nn_features: pass the superclass labels, coarse")
+        raise Wrong("that is the fine-class accuracy, nn_features: pass the superclass labels, coarse",
+                    "这是细类的准确率 nn_features：要传入超类标签 coarse")
     if _close(a, 1 / 20):
-        raise Wrong("1/20 is chance, the baseline to compare with: measure the neighbours instead")
-    raise Wrong(f"{a:.4g} is not what nearest_neighbour_accuracy(z, ...) gives with the superclass labels")
+        raise Wrong("1/20 is chance, the baseline to compare with: measure the neighbours instead",
+                    "1/20 是随机猜测的水平，是用来比较的基线：要去实际测量最近邻")
+    raise Wrong(f"{a:.4g} is not what nearest_neighbour_accuracy(z, ...) gives with the superclass labels",
+                f"{a:.4g} 不是 nearest_neighbour_accuracy(z, ...) 在超类标签下给出的值")
 
 
 # ---- 04 model --------------------------------------------------------------------------------
 @register("04.1", "my_count", """
     d, c = model.backbone.num_features, len(train_ds.classes)
-    my_count = (d * 128 + 128) + (128 * c + c)  # two Linear layers, weights + biases
-    print(f"d = {d}, c = {c}: ({d} x 128 + 128) + (128 x {c} + {c}) = {my_count:,} parameters")
+    my_count = (d * 128 + 128) + (128 * c + c)  # two Linear layers, weights + biases · 两个 Linear 层，权重 + 偏置
+    print(f"d = {d}, c = {c}: ({d} x 128 + 128) + (128 x {c} + {c}) = {my_count:,} parameters · 个参数")
     tutorial = models.count_parameters(model.head)["trainable"]
     print(f"the tutorial's head (two hidden layers of 256): {tutorial:,}; almost all of it is the first layer, d x width")
+    print(f"教程的分类头（两个 256 维的隐藏层）：{tutorial:,}；几乎全部来自第一层，d x 宽度")
     """, [("d, c = model.backbone.num_features, len(train_ds.classes)\nmy_count = d * 128 + 128 * c", "biases"),
           ("d, c = model.backbone.num_features, len(train_ds.classes)\nmy_count = (d * 128 + 128) * (128 * c + c)", "add"),
           ("my_count = models.count_parameters(model.head)['trainable']", "two hidden layers")])
@@ -264,14 +346,18 @@ def _count(ns, my_count):
     d, c = ns["model"].backbone.num_features, len(ns["train_ds"].classes)
     truth = count_parameters(MLPHead(d, c, hidden=(128,)))["trainable"]
     if my_count == truth:
-        return f"{my_count:,} parameters"
+        return f"{my_count:,} parameters", f"{my_count:,} 个参数"
     if my_count == d * 128 + 128 * c:
-        raise Wrong(f"the biases are missing: each Linear(a, b) also has b of them ({128 + c} here)")
+        raise Wrong(f"the biases are missing: each Linear(a, b) also has b of them ({128 + c} here)",
+                    f"缺少偏置：每个 Linear(a, b) 还有 b 个偏置（这里共 {128 + c} 个）")
     if my_count == (d * 128 + 128) * (128 * c + c):
-        raise Wrong("a product: the layers' counts add up, they do not multiply")
+        raise Wrong("a product: the layers' counts add up, they do not multiply",
+                    "这是乘积：各层的参数个数要相加，而不是相乘")
     if my_count == count_parameters(ns["model"].head)["trainable"]:
-        raise Wrong("that is the notebook's head, with two hidden layers of 256; this one has one of 128")
-    raise Wrong("count both Linear layers, d -> 128 and 128 -> c, weights and biases")
+        raise Wrong("that is the notebook's head, with two hidden layers of 256; this one has one of 128",
+                    "这是笔记本里的分类头，有两个 256 维的隐藏层；这里的分类头只有一个 128 维的隐藏层")
+    raise Wrong("count both Linear layers, d -> 128 and 128 -> c, weights and biases",
+                "两个 Linear 层 d -> 128 和 128 -> c 都要算上，权重和偏置都要算")
 
 
 @register("04.2", "my_model", """
@@ -282,7 +368,11 @@ def _count(ns, my_count):
     counts = models.count_parameters(my_model)
     print(f"resnet18 gives {my_backbone.num_features} features (this notebook's {model.backbone.name}: "
           f"{model.backbone.num_features}), so its head starts at {my_backbone.num_features}; scores {tuple(scores.shape)}")
+    print(f"resnet18 输出 {my_backbone.num_features} 维特征（本笔记本的 {model.backbone.name}："
+          f"{model.backbone.num_features} 维），所以它的分类头从 {my_backbone.num_features} 开始；"
+          f"得分的形状 {tuple(scores.shape)}")
     print(f"trainable {counts['trainable']:,} (the head), frozen {counts['frozen']:,} (the backbone)")
+    print(f"可训练 {counts['trainable']:,}（分类头），冻结 {counts['frozen']:,}（骨干网络）")
     """, [("my_model = models.TransferModel(models.build_backbone('resnet18', weights=None), models.MLPHead(1280, 100))",
            "expects 1280"),
           ("my_model = model", "notebook's model")])
@@ -290,20 +380,27 @@ def _resnet_model(ns, my_model):
     from .models import TransferModel
 
     if my_model is ns.get("model"):
-        raise Wrong("that is the notebook's model; build a new one with a resnet18 backbone")
+        raise Wrong("that is the notebook's model; build a new one with a resnet18 backbone",
+                    "这是笔记本里的模型；请用 resnet18 骨干网络构建一个新模型")
     if not isinstance(my_model, TransferModel):
-        raise Wrong(f"a {type(my_model).__name__}; the answer is models.TransferModel(backbone, head)")
+        kind = type(my_model).__name__
+        raise Wrong(f"a {kind}; the answer is models.TransferModel(backbone, head)",
+                    f"这是一个 {kind}；答案应是 models.TransferModel(backbone, head)")
     name = getattr(my_model.backbone, "name", "?")
     if name != "resnet18":
-        raise Wrong(f"the backbone is {name}, not resnet18")
+        raise Wrong(f"the backbone is {name}, not resnet18", f"骨干网络是 {name}，不是 resnet18")
     first = next(m for m in my_model.head.modules() if isinstance(m, torch.nn.Linear))
-    if first.in_features != my_model.backbone.num_features:
-        raise Wrong(f"the head expects {first.in_features} features, resnet18 gives {my_model.backbone.num_features}: "
-                    "size the head with the backbone's num_features")
+    features = my_model.backbone.num_features
+    if first.in_features != features:
+        raise Wrong(f"the head expects {first.in_features} features, resnet18 gives {features}: "
+                    "size the head with the backbone's num_features",
+                    f"分类头需要 {first.in_features} 维特征，而 resnet18 输出 {features} 维："
+                    "用骨干网络的 num_features 来确定分类头的大小")
     was = my_model.training
     with torch.no_grad():
         shape = tuple(my_model.eval()(torch.randn(2, 3, 64, 64)).shape)
     my_model.train(was)
     if shape != (2, 100):
-        raise Wrong(f"2 images give scores of shape {shape}, not (2, 100): the head's last layer has 100 outputs")
-    return f"resnet18: {my_model.backbone.num_features} features -> 100 scores"
+        raise Wrong(f"2 images give scores of shape {shape}, not (2, 100): the head's last layer has 100 outputs",
+                    f"2 张图像得到的得分形状是 {shape}，不是 (2, 100)：分类头的最后一层应有 100 个输出")
+    return f"resnet18: {features} features -> 100 scores", f"resnet18：{features} 维特征 -> 100 个得分"
