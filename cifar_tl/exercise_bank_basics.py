@@ -29,7 +29,7 @@ def _number(answer, what: str, what_zh: str) -> float:
     print(f"按批次：每秒 {fast_rate:.0f} 张；教程的逐张处理：每秒 {tutorial_rate:.0f} 张")
     print(f"my_speedup = fast_rate / tutorial_rate = {my_speedup:.1f}: the same backbone does {my_speedup:.1f}x "
           "more images per second when it gets them in batches")
-    print(f"同一个骨干网络按批次输入时，每秒处理的图像数是逐张输入的 {my_speedup:.1f} 倍")
+    print(f"同一个主干网络按批次输入时，每秒处理的图像数是逐张输入的 {my_speedup:.1f} 倍")
     """, [("my_speedup = tutorial_rate / fast_rate", "slower"),
           ("my_speedup = fast_rate - tutorial_rate", "difference"),
           ("my_speedup = 10.0", "typed-in")])
@@ -60,7 +60,7 @@ def _speedup(ns, my_speedup):
     print(f"cpu 预设配置的图像边长 {side} px，教程是 300 px：边长为 {side / 300:.0%}，"
           f"像素数为 {cpu_pixel_fraction:.0%}（取平方：宽和高都缩小了）")
     print(f"so about {1 / cpu_pixel_fraction:.1f}x less backbone work per image")
-    print(f"所以骨干网络处理每张图像的计算量约降为原来的 1/{1 / cpu_pixel_fraction:.1f}")
+    print(f"所以主干网络处理每张图像的计算量约降为原来的 1/{1 / cpu_pixel_fraction:.1f}")
     """, [("cpu_pixel_fraction = Config.for_profile('cpu').image_size / 300", "sides"),
           ("cpu_pixel_fraction = (300 / Config.for_profile('cpu').image_size) ** 2", "above 1"),
           ("cpu_pixel_fraction = 0.4", "typed")])
@@ -71,7 +71,7 @@ def _pixel_fraction(ns, cpu_pixel_fraction):
     a = _number(cpu_pixel_fraction, "a fraction", "比例")
     if _close(a, (side / 300) ** 2):
         return (f"{a:.0%} of the pixels, so roughly {1 / a:.1f}x less backbone work per image",
-                f"像素数为原来的 {a:.0%}，骨干网络处理每张图像的计算量约降为 1/{1 / a:.1f}")
+                f"像素数为原来的 {a:.0%}，主干网络处理每张图像的计算量约降为 1/{1 / a:.1f}")
     if _close(a, side / 300):
         raise Wrong("that is the ratio of the sides; an image has width x height pixels, and both shrink",
                     "这是边长之比；一张图像有 宽 x 高 个像素，两者都缩小了")
@@ -372,7 +372,7 @@ def _count(ns, my_count):
           f"{model.backbone.num_features} 维），所以它的分类头从 {my_backbone.num_features} 开始；"
           f"得分的形状 {tuple(scores.shape)}")
     print(f"trainable {counts['trainable']:,} (the head), frozen {counts['frozen']:,} (the backbone)")
-    print(f"可训练 {counts['trainable']:,}（分类头），冻结 {counts['frozen']:,}（骨干网络）")
+    print(f"可训练 {counts['trainable']:,}（分类头），冻结 {counts['frozen']:,}（主干网络）")
     """, [("my_model = models.TransferModel(models.build_backbone('resnet18', weights=None), models.MLPHead(1280, 100))",
            "expects 1280"),
           ("my_model = model", "notebook's model")])
@@ -381,21 +381,21 @@ def _resnet_model(ns, my_model):
 
     if my_model is ns.get("model"):
         raise Wrong("that is the notebook's model; build a new one with a resnet18 backbone",
-                    "这是笔记本里的模型；请用 resnet18 骨干网络构建一个新模型")
+                    "这是笔记本里的模型；请用 resnet18 主干网络构建一个新模型")
     if not isinstance(my_model, TransferModel):
         kind = type(my_model).__name__
         raise Wrong(f"a {kind}; the answer is models.TransferModel(backbone, head)",
                     f"这是一个 {kind}；答案应是 models.TransferModel(backbone, head)")
     name = getattr(my_model.backbone, "name", "?")
     if name != "resnet18":
-        raise Wrong(f"the backbone is {name}, not resnet18", f"骨干网络是 {name}，不是 resnet18")
+        raise Wrong(f"the backbone is {name}, not resnet18", f"主干网络是 {name}，不是 resnet18")
     first = next(m for m in my_model.head.modules() if isinstance(m, torch.nn.Linear))
     features = my_model.backbone.num_features
     if first.in_features != features:
         raise Wrong(f"the head expects {first.in_features} features, resnet18 gives {features}: "
                     "size the head with the backbone's num_features",
                     f"分类头需要 {first.in_features} 维特征，而 resnet18 输出 {features} 维："
-                    "用骨干网络的 num_features 来确定分类头的大小")
+                    "用主干网络的 num_features 来确定分类头的大小")
     was = my_model.training
     with torch.no_grad():
         shape = tuple(my_model.eval()(torch.randn(2, 3, 64, 64)).shape)

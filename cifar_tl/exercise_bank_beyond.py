@@ -136,7 +136,7 @@ def _new_class(ns, my_train):
         return N if E == 1 else 2 * N  # 1 epoch samples one view per image; from 3 epochs on, both views, once
 
     from cifar_tl import features
-    print("50,000 张图像训练 E 轮时，教程与特征缓存各要经过骨干网络多少次：")
+    print("50,000 张图像训练 E 轮时，教程与特征缓存各要经过主干网络多少次：")
     for E in (1, 2, 3, 10):
         cached = int(features.plan_views(50_000, 0, E).sum())
         print(f"50,000 images, {E:2d} epoch(s): tutorial {tutorial_passes(50_000, E):>7,}, cached {cached:>7,} backbone passes")
@@ -157,7 +157,7 @@ def _passes(ns, tutorial_passes, cached_passes):
             hint, hint_zh = (("only whole batches of 8 go through (drop_last)",
                               "只有凑满 8 张的完整批次才会送进去（drop_last）") if got == n * e
                              else ("the tutorial pushes every image through the backbone every epoch",
-                                   "教程每一轮都把每张图像送过骨干网络"))
+                                   "教程每一轮都把每张图像送过主干网络"))
             raise Wrong(f"tutorial_passes({n}, {e}) = {got}, counting says {truth}: {hint}",
                         f"tutorial_passes({n}, {e}) = {got}，实际计数是 {truth}：{hint_zh}")
     for n, e in ((1000, 1), (1000, 3), (1000, 10)):
@@ -284,7 +284,7 @@ def _second_stage(ns, second_stage_lr):
         n = sum(p.numel() for p in stage.parameters() if p.requires_grad)
         print(f"{name:28s} trainable · 可训练 {n:>10,}")
     print(f"top stage alone: {top1_params:,} of {total:,} backbone parameters ({top1_params / total:.0%})")
-    print(f"仅顶部阶段：骨干网络 {total:,} 个参数中的 {top1_params:,} 个（{top1_params / total:.0%}）")
+    print(f"仅顶部阶段：主干网络 {total:,} 个参数中的 {top1_params:,} 个（{top1_params / total:.0%}）")
     """, [("my_model = copy.deepcopy(base)\n"
            "top1_params = sum(p.numel() for p in my_model.backbone.stages[-1].parameters())", "nothing in my_model"),
           ("my_model = copy.deepcopy(base)\nfinetune.unfreeze(my_model.backbone, 2)\n"
@@ -304,14 +304,14 @@ def _top1(ns, my_model, top1_params):
     flags = [any(p.requires_grad for p in s.parameters()) for s in bb.stages]
     if not any(flags):
         raise Wrong("nothing in my_model's backbone is trainable: call finetune.unfreeze(my_model.backbone, 1)",
-                    "my_model 的骨干网络中没有任何可训练的参数：调用 finetune.unfreeze(my_model.backbone, 1)")
+                    "my_model 的主干网络中没有任何可训练的参数：调用 finetune.unfreeze(my_model.backbone, 1)")
     if flags != [False] * (len(flags) - 1) + [True] or not all(p.requires_grad for p in bb.stages[-1].parameters()):
         raise Wrong(f"{sum(flags)} stages are trainable; only the top one should be",
                     f"有 {sum(flags)} 个阶段可训练；应该只有顶部那一个")
     trainable = sum(p.numel() for p in bb.parameters() if p.requires_grad)
     if top1_params == sum(p.numel() for p in bb.parameters()):
         raise Wrong("that counts every backbone parameter, the frozen ones too: keep those with requires_grad",
-                    "这把骨干网络的全部参数都算进去了，冻结的也算了：只保留 requires_grad 为真的参数")
+                    "这把主干网络的全部参数都算进去了，冻结的也算了：只保留 requires_grad 为真的参数")
     if top1_params != trainable:
         raise Wrong("count the parameters with requires_grad in my_model.backbone",
                     "统计 my_model.backbone 中 requires_grad 为真的参数")
