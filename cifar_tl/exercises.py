@@ -218,6 +218,7 @@ def verify(key: str, ns: dict) -> None:
         state = run_code(ex.solution, ns)
         said = verdict(key, *_answers_of(ex, state), ns=state)
     assert said.status == "right", f"{key}: the solution is not right: {said}"
+    assert has_chinese(said.zh), f"{key}: what is said with right has no Chinese: {said}"
     right = _answers_of(ex, state)
     for code, why, needs in ex.wrongs:
         if not all(name in ns for name in needs.split()):
@@ -229,6 +230,7 @@ def verify(key: str, ns: dict) -> None:
             said = verdict(key, *_answers_of(ex, state), ns=state)
         assert said.status == "wrong" and why in said.message, \
             f"{key}: the wrong answer {code!r} should be wrong with {why!r}, got {said}"
+        assert has_chinese(said.zh), f"{key}: the diagnosis of {code!r} has no Chinese: {said}"
 
 
 def _same(a, b) -> bool:

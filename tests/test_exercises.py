@@ -192,3 +192,32 @@ def test_a_mistake_that_gives_the_right_values_on_this_data_is_not_required_to_b
     assert not _same((torch.ones(1, 4),), (torch.ones(4),))  # another shape is another answer
     assert not _same((torch.ones(1, 4),), (torch.zeros(1, 4),)) and not _same((0.41,), (0.42,))
     assert not _same((object(),), (object(),))
+
+
+def test_every_verdict_is_said_in_english_then_in_chinese(capsys):
+    ns = {"fast_rate": 90.0, "tutorial_rate": 30.0}
+    for answer, english in ((3.0, "right · 正确: the batched path is 3.0x faster"),
+                            (1 / 3, "wrong · 错误: 0.333 is the tutorial's rate over the batched one"),
+                            ("fast", "wrong · 错误: a speed-up is one number")):
+        exercises.check("00.1", answer, ns=ns)
+        first, second = capsys.readouterr().out.rstrip("\n").split("\n")
+        assert first.startswith(english) and not exercises.has_chinese(first.split(":", 1)[1])
+        assert second.startswith("    ") and exercises.has_chinese(second), second
+
+
+def test_verify_refuses_a_diagnosis_without_its_chinese(monkeypatch):
+    ns = {"fast_rate": 90.0, "tutorial_rate": 30.0}
+    exercises.verify("00.1", ns)
+    original = exercises.Wrong.__init__
+    monkeypatch.setattr(exercises.Wrong, "__init__", lambda self, message, zh="": original(self, message))
+    with pytest.raises(AssertionError, match="has no Chinese"):
+        exercises.verify("00.1", ns)
+
+
+def test_a_hint_and_an_answer_that_raises_are_said_in_chinese_too():
+    said = exercises.verdict("01.2", torch.zeros(2), ns={"normalised": "not a tensor", "mean": 0, "std": 1})
+    assert said.status == "wrong" and "use normalised, mean and std" in said.message
+    assert exercises.has_chinese(said.zh) and "Error" in said.zh
+    for key in ("00.1", "01.2", "05.1", "08.2", "09.1"):
+        english, chinese = exercises.exercise(key).hint
+        assert not english or exercises.has_chinese(chinese), key
