@@ -65,6 +65,11 @@ def _figure(figsize):
     return Figure(figsize=figsize)
 
 
+SAVED_NOTE = ("*Interactive controls below. Reopened from a saved notebook they read \"Error displaying widget: "
+              "model not found\" until you run this cell again.* · *下方是交互控件。重新打开保存过的笔记本时，"
+              "它们会显示 \"Error displaying widget: model not found\"，再运行一次这个单元格即可恢复。*")
+
+
 def _saved_note() -> None:
     """One line of text above a widget: a saved notebook keeps it, where the widget itself shows
     "Error displaying widget" until the cell is run again."""
@@ -72,7 +77,7 @@ def _saved_note() -> None:
     from IPython.display import Markdown, display
 
     if get_ipython() is not None:  # in a plain Python session there is nothing to save
-        display(Markdown("*Interactive controls below: if they do not show (a saved notebook), run this cell.*"))
+        display(Markdown(SAVED_NOTE))
 
 
 def in_colab() -> bool:

@@ -335,3 +335,18 @@ def test_uploaded_photo_is_shown_as_the_centre_crop_the_model_sees(ds, tiny_mode
     fig = widgets.upload_predictor(tiny_model, ds.classes, 32, example=wide, interactive=False)
     shown = fig.axes[0].images[0].get_array()
     assert shown.shape[:2] == (32, 32) and "centre crop" in fig.axes[0].get_title()
+
+
+def test_an_interactive_ui_leaves_a_bilingual_run_this_cell_note_for_the_saved_notebook(ds, monkeypatch):
+    import IPython
+    import IPython.display
+
+    from cifar_tl.data import eval_transform
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # as in a kernel
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    widgets.dataset_browser(ds, transform=eval_transform(32), interactive=True)
+    notes = [o.data for o in shown if isinstance(o, IPython.display.Markdown)]
+    assert len(notes) == 1 and "Error displaying widget" in notes[0] and "run this cell" in notes[0]
+    assert "再运行一次这个单元格" in notes[0]
