@@ -44,14 +44,13 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 try:  # cifar_tl's progress bars; a bare machine without tqdm gets a silent stand-in
-    import tqdm.auto  # noqa: F401
+    import tqdm  # noqa: F401
 except ImportError:
     import types
 
-    _stub = types.ModuleType("tqdm.auto")
+    _stub = types.ModuleType("tqdm")
     _stub.tqdm = lambda it=None, *a, **k: it
-    sys.modules["tqdm"] = types.ModuleType("tqdm")
-    sys.modules["tqdm.auto"] = _stub
+    sys.modules["tqdm"] = _stub
 
 from cifar_tl import data, engine, features, preprocess  # noqa: E402
 from cifar_tl.models import MLPHead, TransferModel, build_backbone  # noqa: E402

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: a saved notebook shows "Error displaying widget" for tqdm.auto's
 
 from .config import epoch_seed
 from .errors import TrainingDiverged

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: a saved notebook shows "Error displaying widget" for tqdm.auto's
 
 from .backbones import list_backbones, normalization
 from .checkpoint import backbone_fingerprint

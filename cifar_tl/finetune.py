@@ -19,7 +19,7 @@ from itertools import chain
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: a saved notebook shows "Error displaying widget" for tqdm.auto's
 
 from . import engine, threads
 from .config import epoch_seed, parse_unfreeze

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: a saved notebook shows "Error displaying widget" for tqdm.auto's
 
 from . import source_task
 from .digests import weights_digest
