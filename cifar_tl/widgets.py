@@ -81,8 +81,8 @@ def dataset_browser(ds, transform=None, n_static: int = 8, interactive: bool | N
 
     targets = np.asarray(ds.targets)
     choice = W.Dropdown(options=[("all classes", -1)] + [(c, k) for k, c in enumerate(ds.classes)],
-                        value=-1, description="class")
-    slider = W.IntSlider(0, 0, len(ds) - 1, description="index", continuous_update=False)
+                        value=-1, description="class · 类别")
+    slider = W.IntSlider(0, 0, len(ds) - 1, description="index · 序号", continuous_update=False)
     out = W.Output()
     fig = _figure((6 if transform else 3, 3.3))
 
@@ -170,14 +170,14 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
     if in_colab() and interactive is not False:  # FileUpload drops files over ~1 MB there (ipywidgets #3452)
         from google.colab import files
 
-        print("choose a photo with Colab's own upload (Cancel: the example)")
+        print("choose a photo with Colab's own upload (Cancel: the example) · 用 Colab 自带的上传选择一张照片（取消：用示例图）")
         name, content = next(iter((files.upload() or {None: None}).items()))
         if name is None:
             return chart(example, "example") if example is not None else None
         try:
             return chart(_open_upload(upload_bytes_value(name, content))[1], name)
         except ImageError as e:
-            print(f"cannot use this file: {e}")
+            print(f"cannot use this file: {e}\n无法使用这个文件（原因见上一行），请换一张图片")
             return None
     if not _decide(interactive):
         if example is None:
@@ -186,8 +186,9 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
     import ipywidgets as W
 
     _saved_note()
-    upload = W.FileUpload(accept="image/*", multiple=False, description="your image",
-                          tooltip="choose a photo: the model sees its centre crop")
+    upload = W.FileUpload(accept="image/*", multiple=False, description="your image · 你的图片",
+                          tooltip="choose a photo: the model sees its centre crop · 选择一张照片：模型看到的是它的中心裁剪",
+                          layout=W.Layout(width="max-content"))  # the default width cuts the bilingual label
     out, fig = W.Output(), _figure((7.5, 2.8))
     if example is not None:
         _show_in(out, chart(example, "example", fig))
@@ -205,7 +206,7 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
                 clear_output()  # the previous image's chart would read as this file's result
                 name = _upload_name(change["new"])
                 message = str(e) if isinstance(e, ImageError) else f"{name}: {type(e).__name__}: {e}"
-                print(f"cannot use this file: {message}")
+                print(f"cannot use this file: {message}\n无法使用这个文件（原因见上一行），请换一张图片")
 
     upload.observe(on_upload, "value")
     return W.VBox([upload, out])
@@ -268,7 +269,7 @@ def head_explorer(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 
     def stale(*_):
         live = shown.get("live")
         if live is not None and not live.title.startswith("stale"):
-            live.title = "stale: the controls changed, press Train. Was: " + live.title
+            live.title = "stale · 已过时: the controls changed, press Train · 控件已改动，请按 Train\nwas: " + live.title
             _show_in(out, live.figure())
 
     def run(*_):
@@ -292,7 +293,7 @@ def head_explorer(train, val, *, hidden: int = 256, depth: int = 2, lr: float = 
         w.observe(stale, "value")
     _saved_note()
     with out:
-        print("choose the head's shape and press Train")
+        print("choose the head's shape and press Train · 选好分类头的结构，然后按 Train")
     return W.VBox([W.HBox([w_hidden, w_depth]), W.HBox([w_lr, w_epochs]), button, out])
 
 

@@ -146,6 +146,7 @@ def test_upload_handles_good_and_bad_files(ds, tiny_model, capsys, monkeypatch):
     out = capsys.readouterr().out
     # The user's own file is named (not the temporary copy), and the previous chart is gone.
     assert "cannot use this file: 我的猫.png:" in out and "upload.png" not in out, out
+    assert "无法使用这个文件" in out  # and in Chinese
     assert events == ["chart", "cleared"]
 
 
@@ -175,6 +176,7 @@ def test_head_explorer_marks_its_curve_stale_when_a_control_changes(monkeypatch)
     assert len(titles) == 2 and titles[-1].startswith("head D-32-C")
     w_lr.value = 1e-2
     assert titles[-1].startswith("stale") and "D-32-C, lr 0.001" in titles[-1]  # the old setup, said to be old
+    assert "已过时" in titles[-1]
     w_hidden.value = 64
     assert len(titles) == 3  # marked once
 
