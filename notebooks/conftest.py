@@ -1,7 +1,7 @@
 """nbval runs every notebook offline in the smoke profile, and reports each notebook's wall time.
 
-The environment is set just before a notebook's first cell starts its kernel (which inherits it),
-and put back before any other test, so the unit tests in tests/ never see it.
+The environment is set before each notebook cell (the first one starts the kernel, which inherits
+it) and put back after it, so the unit tests in tests/ never see it, whatever the order.
 """
 
 import os
@@ -66,6 +66,15 @@ def pytest_runtest_setup(item):
             _data_root.append(tempfile.mkdtemp(prefix="cifar_tl_nbval_"))
         env["CIFAR_TL_DATA"] = _data_root[0]
     _apply(env)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    # Put the environment back after each cell: the kernel inherited it when it started, and this
+    # conftest's hooks never run for tests outside notebooks/ (a later unit test saw
+    # CIFAR_TL_EXERCISES=verify and its blank-answer checks ran the solutions).
+    if _is_notebook(item):
+        _restore()
 
 
 def pytest_runtest_logreport(report):

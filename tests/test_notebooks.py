@@ -309,3 +309,26 @@ def test_the_parameters_are_checked_before_any_work(path):
     first = next(i for i, c in enumerate(code) if re.search(r"^import torch", "".join(c["source"]), re.M))
     lines = [line for line in "".join(code[first]["source"]).splitlines() if line.startswith("import ")]
     assert lines[0].startswith("import cifar_tl"), "cifar_tl must load before torch (cifar_tl.threads)"
+
+
+def test_a_unit_test_run_after_a_notebook_does_not_see_the_notebooks_environment(tmp_path):
+    """notebooks/conftest.py sets CIFAR_TL_EXERCISES=verify (and the smoke profile) for nbval; a unit
+    test outside notebooks/ that runs after a notebook in the same session must not inherit it."""
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "t").mkdir()
+    shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path / "nb" / "conftest.py")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nassert os.environ['CIFAR_TL_EXERCISES'] == 'verify'")]), tmp_path / "nb" / "a.ipynb")
+    (tmp_path / "t" / "test_after.py").write_text(
+        "import os\n\ndef test_env():\n    assert os.environ.get('CIFAR_TL_EXERCISES') != 'verify'\n"
+        "    assert os.environ.get('CIFAR_TL_PROFILE') is None\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_TL_")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "nb/a.ipynb",
+                           "t/test_after.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
