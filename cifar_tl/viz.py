@@ -21,18 +21,24 @@ def smoke_note(cfg):
 
     In a notebook, make it a cell's last expression: it shows as a highlighted box (Markdown).
     """
-    what = [w for w, on in (("synthetic images", cfg.source.startswith("synthetic")),
-                            ("a randomly initialised backbone", cfg.weights is None),
-                            ("a backbone pretrained on generated images", cfg.weights == "synthetic")) if on]
-    if not what:
+    said = [(en, zh) for en, zh, on in (
+        ("synthetic images", "合成图像", cfg.source.startswith("synthetic")),
+        ("a randomly initialised backbone", "随机初始化的主干网络", cfg.weights is None),
+        ("a backbone pretrained on generated images", "在生成图像上预训练的主干网络", cfg.weights == "synthetic")) if on]
+    if not said:
         return None
     from IPython.display import Markdown
 
-    return Markdown(f"> ⚠️ **Profile `{cfg.profile}`: {' and '.join(what)}.** The numbers in this notebook "
+    what, what_zh = " and ".join(en for en, _ in said), "和".join(zh for _, zh in said)
+    return Markdown(f"> ⚠️ **Profile `{cfg.profile}`: {what}.** The numbers in this notebook "
                     "show that the code runs and learns; they say nothing about CIFAR-100 or about what "
                     "ImageNet features achieve. For real figures, set `profile = \"cpu\"` or `\"full\"` "
                     "in the parameters cell. No CIFAR-100 accuracy has been measured for this project yet; "
-                    "the README's Results table lists what has been (smoke runs, speeds).")
+                    "the README's Results table lists what has been (smoke runs, speeds).\n>\n"
+                    f"> ⚠️ **预设配置 `{cfg.profile}`：{what_zh}。** 本笔记本中的数字说明代码能运行、能学习；"
+                    "它们不代表 CIFAR-100 上的结果，也不代表 ImageNet 特征能达到什么。要得到真实的数字，请在参数"
+                    "单元格中设置 `profile = \"cpu\"` 或 `\"full\"`。本项目还没有测量过 CIFAR-100 上的准确率；"
+                    "README 的 Results 表列出了已经测量过的内容（smoke 运行、速度）。")
 
 
 

@@ -277,6 +277,7 @@ def test_smoke_note_only_for_synthetic_data_or_a_random_backbone():
     note = viz.smoke_note(smoke)
     assert "synthetic images" in note.data and "generated images" in note.data and "CIFAR-100" in note.data
     assert "Results table" in note.data  # it points to what exists
+    assert "预设配置 `smoke`：合成图像和在生成图像上预训练的主干网络" in note.data  # and says it in Chinese
     assert "random" in viz.smoke_note(Config.for_profile("smoke", weights=None)).data
     assert "synthetic images" in viz.smoke_note(Config.for_profile("smoke", source="synthetic-sketch")).data
     assert viz.smoke_note(Config.for_profile("cpu")) is None
