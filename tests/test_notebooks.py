@@ -251,6 +251,23 @@ def test_every_lesson_cell_is_in_english_and_chinese(path):
             assert has_chinese(source), f"{path.name} cell {i}: no Chinese block for {source[:120]!r}"
 
 
+def prose_before_a_heading(source: str) -> bool:
+    """Whether a cell's English prose runs on into a new section: its Chinese block, at the end,
+    would then be read under the next heading (the badge above the title does not count)."""
+    lines = [line for line in CHINESE_BLOCK.sub("", source).splitlines() if line.strip()]
+    return any(line.startswith("#") and any(not NO_PROSE.match(p) for p in lines[:k])
+               for k, line in enumerate(lines))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_cells_chinese_sits_in_the_section_of_its_english(path):
+    assert prose_before_a_heading("Text.\n\n## Next section\n\nMore.")  # the check itself
+    assert not prose_before_a_heading("[![Open In Colab](x)](y)\n\n# 00 · Setup\n\nText.")
+    for i, c in enumerate(cells(path)):
+        if c["cell_type"] == "markdown":
+            assert not prose_before_a_heading(c["source"]), f"{path.name} cell {i}: split it at its heading"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_exercise_cell_is_in_english_and_chinese(path):
     for i, source in _markdown(path, exercises=True):
