@@ -45,22 +45,21 @@ def _restore() -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     if not _is_notebook(item):
-        _restore()
         return
     env = dict(NOTEBOOK_ENV)
-    if not os.environ.get("OMP_WAIT_POLICY") or "OMP_WAIT_POLICY" in _saved:
+    if not os.environ.get("OMP_WAIT_POLICY"):  # the user's own setting wins
         # torch's OpenMP threads spin while they wait for work. When other processes share the
         # cores (CI neighbours, parallel test runs), the spinning starves the working threads: on
         # 2 busy cores, 512 backbone passes took 34 s instead of 2.3 s and a 15-epoch head 127 s
         # instead of 1.1 s. Waiting passively (sleeping) avoids that at a tiny wake-up cost.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    if not os.environ.get("TORCH_HOME") or "TORCH_HOME" in _saved:
+    if not os.environ.get("TORCH_HOME"):  # the user's own setting wins
         # The smoke profile's synthetic weights, built once per machine: where tests/conftest.py
         # keeps them (beside pytest's numbered temp folders), so the notebooks never rebuild them.
         base = item.config._tmp_path_factory.getbasetemp()  # noqa: SLF001  (pytest's own temp root)
         env["TORCH_HOME"] = str(base.parent / "cifar_tl-torch" if re.fullmatch(r"pytest-\d+", base.name)
                                 else base / "torch")
-    if not os.environ.get("CIFAR_TL_DATA") or "CIFAR_TL_DATA" in _saved:
+    if not os.environ.get("CIFAR_TL_DATA"):  # the user's own setting wins
         # Never the user's cache: one folder for the session, so notebooks share extracted features.
         if not _data_root:
             _data_root.append(tempfile.mkdtemp(prefix="cifar_tl_nbval_"))
