@@ -153,6 +153,10 @@ def _open_upload(value) -> tuple[str, object]:
             raise ImageError(str(e).replace(str(path), name)) from None
 
 
+def _cannot_use(why) -> None:
+    print(f"cannot use this file: {why}\n无法使用这个文件（原因见上一行），请换一张图片")
+
+
 def upload_predictor(model, class_names, image_size: int, device="cpu", example=None,
                      interactive: bool | None = None):
     """Upload a photo, see the model's top-5 classes.
@@ -177,7 +181,7 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
         try:
             return chart(_open_upload(upload_bytes_value(name, content))[1], name)
         except ImageError as e:
-            print(f"cannot use this file: {e}\n无法使用这个文件（原因见上一行），请换一张图片")
+            _cannot_use(e)
             return None
     if not _decide(interactive):
         if example is None:
@@ -206,7 +210,7 @@ def upload_predictor(model, class_names, image_size: int, device="cpu", example=
                 clear_output()  # the previous image's chart would read as this file's result
                 name = _upload_name(change["new"])
                 message = str(e) if isinstance(e, ImageError) else f"{name}: {type(e).__name__}: {e}"
-                print(f"cannot use this file: {message}\n无法使用这个文件（原因见上一行），请换一张图片")
+                _cannot_use(message)
 
     upload.observe(on_upload, "value")
     return W.VBox([upload, out])
