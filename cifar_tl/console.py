@@ -27,6 +27,15 @@ def say(text: object = "", file=None) -> None:
     file.flush()
 
 
+def tell(en: object, zh: object, file=None) -> None:
+    """A sentence for a student in both of the course's languages: the English, then its Chinese
+    on the next line, indented, as the exercises' verdicts are said. The notebooks print through
+    it so that their output reads in either language (a test requires Chinese in every one)."""
+    if not str(zh).strip():
+        raise ValueError(f"tell() needs the Chinese of {str(en)[:60]!r}")
+    say(f"{en}\n    {zh}", file)
+
+
 class _SafeFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return safe_text(super().format(record))

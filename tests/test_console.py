@@ -13,7 +13,7 @@ from PIL import Image
 
 from cifar_tl import checkpoint, inference
 from cifar_tl.config import Config
-from cifar_tl.console import safe_text
+from cifar_tl.console import safe_text, tell
 from cifar_tl.models import MLPHead
 
 from .conftest import ROOT, run_cli
@@ -34,6 +34,13 @@ def _head(path, names):
     cfg = Config.for_profile("smoke", backbone="resnet18", image_size=32)
     head = MLPHead(512, len(names), hidden=(8,))
     return checkpoint.save_head(path, head, config=cfg, class_names=names)
+
+
+def test_tell_says_the_english_then_the_chinese_indented(capsys):
+    tell("loss 2.31", "损失 2.31")
+    assert capsys.readouterr().out == "loss 2.31\n    损失 2.31\n"
+    with pytest.raises(ValueError, match="Chinese"):
+        tell("loss 2.31", " ")
 
 
 def test_predict_escapes_names_and_survives_an_ascii_terminal(tmp_path):
