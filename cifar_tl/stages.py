@@ -85,3 +85,10 @@ def _close(groups: list, group: list) -> None:
         groups[-1].extend(group)
     else:
         groups.append(group)
+
+
+def output_module(stage: nn.Module) -> nn.Module:
+    """The module whose output is the stage's output, for a forward hook: the stage itself, or the
+    last layer of a stage grouped from single layers (ResNet's ``conv1+bn1``): that group is a
+    ``ModuleList`` the forward pass never calls, so a hook on it would never fire."""
+    return stage[-1] if type(stage) is nn.ModuleList else stage

@@ -12,6 +12,7 @@ from torchvision import models as tvm
 from cifar_tl import backbones, models
 from cifar_tl.errors import CheckpointError, ConfigError, UnknownBackbone
 from cifar_tl.models import build_backbone
+from cifar_tl.stages import output_module as stage_output_module
 
 from .conftest import cli_in_process
 
@@ -201,3 +202,23 @@ def test_stages_are_the_top_level_blocks_in_order(name, first, last):
     if name == "resnet18":
         assert names == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4"]
         assert stages[1] is m.layer1
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_v2_s"])
+def test_a_hook_on_each_stages_output_module_fires_for_every_stage(name):
+    """Notebook 03 shows what each stage outputs: ResNet's stem stage is a list of layers that is
+    never called itself, so its hook goes on the list's last layer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = backbones._meta_extractor(name)
+    _, stages = backbones.find_stages(m, backbones._called_modules(name))
+    seen = {}
+    hooks = [stage_output_module(s).register_forward_hook(lambda mod, i, out, k=k: seen.update({k: out.shape}))
+             for k, s in enumerate(stages)]
+    with torch.no_grad():
+        m(torch.empty(1, 3, 64, 64, device="meta"))
+    for h in hooks:
+        h.remove()
+    assert sorted(seen) == list(range(len(stages)))
+    if name == "resnet18":
+        assert seen[0][1] == 64 and seen[4][1] == 512
