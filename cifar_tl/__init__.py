@@ -25,7 +25,7 @@ _NAMES = {
     "StorageError": "errors", "TrainingDiverged": "errors", "UnknownBackbone": "errors",
     "FeatureLoader": "features", "cached_features": "features", "extract": "features",
     "BACKBONES": "models", "MLPHead": "models", "TransferModel": "models", "build_backbone": "models",
-    "enable_notices": "console", "tell": "console", "notebook_config": "parameters",
+    "enable_notices": "console", "tell": "console", "notebook_config": "parameters", "say_setup": "parameters",
 }
 _MODULES = ("checkpoint", "config", "console", "data", "engine", "features", "inference", "models",
             "pack", "parameters", "pipeline", "preprocess", "storage", "threads", "viz", "widgets")

@@ -74,3 +74,15 @@ def check_config(cfg, what: str) -> None:
     if cfg is not None and not isinstance(cfg, Config):
         raise ConfigError(f"{what} needs a Config, got a {type(cfg).__name__}: build one with "
                           "Config.for_profile(profile, **options)")
+
+
+def say_setup(cfg: Config, device) -> None:
+    """The line every notebook prints under its parameters: the profile, the data, the backbone
+    and its weights, the image size and the device, in English and then in Chinese."""
+    from .console import tell
+
+    weights = cfg.weights or "random"
+    tell(f"profile {cfg.profile}: data {cfg.source}, backbone {cfg.backbone} ({weights} weights), "
+         f"{cfg.image_size} px, device {device}",
+         f"预设配置 {cfg.profile}：数据 {cfg.source}，主干网络 {cfg.backbone}（权重：{cfg.weights or '随机'}），"
+         f"{cfg.image_size} px，设备 {device}")

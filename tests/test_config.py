@@ -139,3 +139,12 @@ def test_no_module_but_config_lists_config_field_names():
                 if len(set(words) & names) >= 2 and not set(words) <= modules:
                     found.append(f"{module.name}:{node.lineno}: {words}")
     assert not found, found
+
+
+def test_say_setup_names_the_profile_data_backbone_weights_size_and_device_in_both_languages(capsys):
+    from cifar_tl.parameters import say_setup
+
+    say_setup(Config.for_profile("smoke").replace(weights=None), "cpu")
+    en, zh = capsys.readouterr().out.splitlines()
+    assert en == "profile smoke: data synthetic, backbone resnet18 (random weights), 32 px, device cpu"
+    assert zh == "    预设配置 smoke：数据 synthetic，主干网络 resnet18（权重：随机），32 px，设备 cpu"
