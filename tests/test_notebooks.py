@@ -197,6 +197,18 @@ def test_glossary_has_the_terms():
         assert re.search(rf"\| {zh}[^|]*\| [^|]*{en}", glossary), (zh, en)
 
 
+def test_the_glossarys_chinese_block_explains_every_term_in_chinese():
+    glossary = next(c["source"] for c in cells(ROOT / "notebooks" / "00_setup.ipynb") if "## Glossary" in c["source"])
+    english, chinese = glossary.split("<details>")
+
+    def terms(text):  # {term: its one-line explanation}, from the table's rows
+        rows = [r.split("|")[1:-1] for r in text.splitlines() if r.startswith("| ") and "---" not in r]
+        return {r[0].strip(): r[-1].strip() for r in rows[1:]}
+
+    assert terms(english) and terms(chinese).keys() == terms(english).keys()
+    assert all(exercises.has_chinese(line) for line in terms(chinese).values())
+
+
 @pytest.mark.parametrize("name", ["03_transfer_learning.ipynb", "04_model.ipynb", "05_training.ipynb",
                                   "06_testing.ipynb", "07_your_own_images.ipynb", "08_faster_cached_features.ipynb"])
 def test_smoke_runs_say_so(name):
