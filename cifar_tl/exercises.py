@@ -3,8 +3,8 @@
 
 A notebook's exercise is a prompt, a cell whose answer is still ``...``, and a check cell that is
 one call, ``exercises.check("05.1", accuracy_by_lr, best_lr)``: the expected values and the
-reference code live here (:mod:`cifar_tl.exercise_bank_basics`, ``_model``, ``_training`` and
-``_beyond``, by notebook), not in the notebook, so neither JupyterLab, Colab nor GitHub shows an
+reference code live here (:mod:`cifar_tl.exercise_bank_basics`, ``_model``, ``_training``,
+``_testing`` and ``_beyond``, by notebook), not in the notebook, so neither JupyterLab, Colab nor GitHub shows an
 answer before the student asks for it with ``exercises.solution("05.1")``.
 
 A check recomputes its truths from the notebook's state (the variables, the files written, the
@@ -41,7 +41,7 @@ NOT_ANSWERED = ("not answered yet: replace the ... with your answer and run the 
 LABELS = {"right": "right · 正确", "wrong": "wrong · 错误"}
 VERIFY_ENV = "CIFAR_TL_EXERCISES"
 BANKS = {"00": "basics", "01": "basics", "02": "basics", "03": "model", "04": "model",
-         "05": "training", "06": "training", "07": "beyond", "08": "beyond", "09": "beyond"}
+         "05": "training", "06": "testing", "07": "beyond", "08": "beyond", "09": "beyond"}
 
 
 class Wrong(Exception):

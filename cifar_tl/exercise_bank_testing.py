@@ -1,0 +1,129 @@
+"""The exercises of notebook 06 (testing): checks on the test set's predictions, solutions, wrong answers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .exercises import Wrong, register
+
+
+# ---- 06 testing ------------------------------------------------------------------------------
+def _to_coarse(ns):
+    return torch.tensor(ns["test_ds"].fine_to_coarse)
+
+
+@register("06.1", "my_superclass_accuracy", """
+    to_coarse = torch.tensor(test_ds.fine_to_coarse)  # fine class -> its superclass
+    my_superclass_accuracy = (to_coarse[ev.preds] == to_coarse[ev.targets]).float().mean().item()
+    print(f"superclass accuracy {my_superclass_accuracy:.1%}, fine-class accuracy {ev.accuracy:.1%}: "
+          f"{my_superclass_accuracy - ev.accuracy:.1%} of the test images get a wrong class of the right superclass")
+    print(f"超类准确率 {my_superclass_accuracy:.1%}，细类准确率 {ev.accuracy:.1%}："
+          f"{my_superclass_accuracy - ev.accuracy:.1%} 的测试集图像被判成了正确超类中的错误细类")
+    """, [("my_superclass_accuracy = ev.accuracy", "fine-class"),
+          ("to_coarse = torch.tensor(test_ds.fine_to_coarse)\n"
+           "my_superclass_accuracy = (to_coarse[ev.preds] == ev.targets).float().mean().item()", "targets too")])
+def _superclass_accuracy(ns, my_superclass_accuracy):
+    ev, c = ns["ev"], _to_coarse(ns)
+    a = float(my_superclass_accuracy)
+    truth = (c[ev.preds] == c[ev.targets]).float().mean().item()
+    if math.isclose(a, truth, abs_tol=1e-6):
+        return f"{a:.1%} (fine classes: {ev.accuracy:.1%})", f"{a:.1%}（细类：{ev.accuracy:.1%}）"
+    if math.isclose(a, ev.accuracy, abs_tol=1e-6):
+        raise Wrong("that is the fine-class accuracy; map predictions and targets to superclasses first",
+                    "这是细类准确率；要先把预测和真实标签都映射到超类")
+    if any(math.isclose(a, v, abs_tol=1e-6) for v in ((c[ev.preds] == ev.targets).float().mean().item(),
+                                                      (ev.preds == c[ev.targets]).float().mean().item())):
+        raise Wrong("only one side mapped to superclasses: map the targets too (and the predictions), then compare",
+                    "只有一边映射到了超类：真实标签也要映射（预测同样要映射），然后再比较")
+    if a > 1:
+        raise Wrong("a fraction, 0..1, not a percentage", "应是比例，取值 0..1，而不是百分数")
+    raise Wrong("compare the superclass of each prediction with the superclass of its target, over all test images",
+                "在全部测试集图像上，比较每个预测所属的超类与其真实标签所属的超类")
+
+
+@register("06.2", "tta_accuracy", """
+    tta_accuracy = ((logits[:, 0] + logits[:, 1]).argmax(1) == test_y).float().mean().item()
+    one_view = (logits[:, 0].argmax(1) == test_y).float().mean().item()
+    changed = ((logits[:, 0] + logits[:, 1]).argmax(1) != logits[:, 0].argmax(1)).sum().item()
+    print(f"with flip averaging {tta_accuracy:.1%}, original view alone {one_view:.1%}: "
+          f"{changed} of {len(test_y)} predictions changed")
+    print(f"翻转平均后 {tta_accuracy:.1%}，仅用原图 {one_view:.1%}：{len(test_y)} 个预测中有 {changed} 个改变了")
+    print("measured on test, as a report. To *decide* to use it, compare on the validation split, as for any choice")
+    print("这是在测试集上测的，只作报告。要*决定*是否采用它，和任何选择一样，应在验证集上比较")
+    """, [("tta_accuracy = (logits[:, 0].argmax(1) == test_y).float().mean().item()", "original view alone"),
+          ("tta_accuracy = ((logits[:, 0] + logits[:, 1]).argmax(1) == test_y)[:len(test_y) // 2].float().mean().item()",
+           "every test image")])
+def _tta(ns, tta_accuracy):
+    logits, y = ns["logits"], ns["test_y"]
+    a = float(tta_accuracy)
+    both = logits[:, 0] + logits[:, 1]
+    probs = logits[:, 0].softmax(1) + logits[:, 1].softmax(1)
+    if any(math.isclose(a, (s.argmax(1) == y).float().mean().item(), abs_tol=1e-6) for s in (both, probs)):
+        one = (logits[:, 0].argmax(1) == y).float().mean().item()
+        return f"with flip averaging {a:.1%}, original view alone {one:.1%}", f"翻转平均后 {a:.1%}，仅用原图 {one:.1%}"
+    if math.isclose(a, (logits[:, 0].argmax(1) == y).float().mean().item(), abs_tol=1e-6):
+        raise Wrong("that is the original view alone; add the two views' scores before the argmax",
+                    "这只是原图单独的结果；要在 argmax 之前把两个视图的得分相加")
+    if math.isclose(a, (logits[:, 1].argmax(1) == y).float().mean().item(), abs_tol=1e-6):
+        raise Wrong("that is the mirrored view alone; add the two views' scores before the argmax",
+                    "这只是镜像图单独的结果；要在 argmax 之前把两个视图的得分相加")
+    raise Wrong(f"not the accuracy of the averaged scores over every test image ({len(y)} of them)",
+                f"这不是平均后的得分在全部测试集图像（共 {len(y)} 张）上的准确率")
+
+
+@register("06.3", "per_superclass", """
+    import matplotlib.pyplot as plt
+    coarse_of = torch.tensor(test_ds.fine_to_coarse)[ev.targets]  # each test image's true superclass
+    hit = (ev.preds == ev.targets).float()
+    per_superclass = torch.stack([hit[coarse_of == s].mean() for s in range(len(test_ds.coarse_classes))])
+    counts = torch.bincount(coarse_of, minlength=len(test_ds.coarse_classes))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    error = (per_superclass * (1 - per_superclass) / counts).sqrt()  # one standard error
+    ax.barh(test_ds.coarse_classes, per_superclass.tolist(), xerr=error.tolist(), color="tab:blue")
+    ax.set(xlabel="fine-class accuracy on the superclass's test images (bar: one standard error)", xlim=(0, 1))
+    fig.tight_layout()
+    plt.show()
+    order = per_superclass.argsort()
+    print("hardest · 最难:", [test_ds.coarse_classes[i] for i in order[:3].tolist()],
+          "| easiest · 最容易:", [test_ds.coarse_classes[i] for i in order[-3:].tolist()])
+    print(f"about {counts.float().mean():.0f} test images per superclass: differences smaller than the bars are noise")
+    print(f"每个超类约有 {counts.float().mean():.0f} 张测试集图像：比误差条还小的差异只是噪声")
+    """, [("per_superclass = torch.stack([(ev.preds == ev.targets)[ev.targets == k].float().mean() for k in range(100)])",
+           "20 superclasses"),
+          ("to_coarse = torch.tensor(test_ds.fine_to_coarse)\ncoarse_of = to_coarse[ev.targets]\n"
+           "per_superclass = torch.stack([(to_coarse[ev.preds] == coarse_of)[coarse_of == s].float().mean() for s in range(20)])",
+           "fine-class accuracy"),
+          ("coarse_of = torch.tensor(test_ds.fine_to_coarse)[ev.preds]\n"
+           "per_superclass = torch.stack([(ev.preds == ev.targets)[coarse_of == s].float().mean() for s in range(20)])",
+           "true class")])
+def _per_superclass(ns, per_superclass):
+    ev, c, ds = ns["ev"], _to_coarse(ns), ns["test_ds"]
+    n = len(ds.coarse_classes)
+    a = torch.as_tensor(per_superclass).float().flatten()
+    if a.numel() != n:
+        raise Wrong(f"{a.numel()} numbers: one per superclass, {n} superclasses",
+                    f"这里有 {a.numel()} 个数：应每个超类一个，共 {n} 个超类")
+    hit = (ev.preds == ev.targets).float()
+
+    def by(groups, right):
+        return torch.stack([right[groups == s].mean() for s in range(n)])
+
+    def same(x):
+        return torch.allclose(a, x, atol=1e-6, equal_nan=True)
+
+    if same(by(c[ev.targets], hit)):
+        order = a.nan_to_num(2).argsort()
+        hardest = ds.coarse_classes[int(order[0])]
+        easiest = ds.coarse_classes[int(a.nan_to_num(-1).argmax())]
+        return f"hardest: {hardest!r}; easiest: {easiest!r}", f"最难：{hardest!r}；最容易：{easiest!r}"
+    if same(by(c[ev.targets], (c[ev.preds] == c[ev.targets]).float())):
+        raise Wrong("that counts a prediction right when it is in the right superclass; "
+                    "this asks for the fine-class accuracy, grouped by superclass",
+                    "这样只要预测落在正确的超类里就算对；这里要的是细类准确率，按超类分组")
+    if same(by(c[ev.preds], hit)):
+        raise Wrong("grouped by the predicted class's superclass; group by the true class's (ev.targets)",
+                    "这是按预测类别所属的超类分组；应按真实类别所属的超类分组（ev.targets）")
+    raise Wrong("for each superclass s: the mean of (preds == targets) over the test images whose true class is in s",
+                "对每个超类 s：在真实类别属于 s 的测试集图像上，求 (preds == targets) 的均值")
