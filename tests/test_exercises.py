@@ -221,3 +221,20 @@ def test_a_hint_and_an_answer_that_raises_are_said_in_chinese_too():
     for key in ("00.1", "01.2", "05.1", "08.2", "09.1"):
         english, chinese = exercises.exercise(key).hint
         assert not english or exercises.has_chinese(chinese), key
+
+
+def test_superclass_accuracy_is_told_from_fine_accuracy_even_where_the_data_cannot(state):
+    """On smoke the model may never take a class for another of its superclass: then both
+    accuracies are one number, and only a case the check makes up tells them apart."""
+    ns = _ns_for("06.1", state)
+    c = torch.tensor(ns["test_ds"].fine_to_coarse)
+    targets = ns["ev"].targets
+    other_superclass = torch.tensor([int((c != c[t]).nonzero()[0]) for t in targets.tolist()])
+    preds = torch.where(torch.arange(len(targets)) % 3 == 0, other_superclass, targets)  # a third wrong, across
+    ns["ev"] = SimpleNamespace(preds=preds, targets=targets, accuracy=(preds == targets).float().mean().item())
+    assert (c[preds] == c[targets]).float().mean().item() == ns["ev"].accuracy  # the data cannot tell
+    fine = exercises.run_code("def superclass_accuracy(preds, targets):\n    return (preds == targets).float().mean().item()", ns)
+    said = exercises.verdict("06.1", fine["superclass_accuracy"], ns=ns)
+    assert said.status == "wrong" and "fine-class" in said.message
+    right = exercises.run_code(exercises.exercise("06.1").solution, ns)
+    assert exercises.verdict("06.1", right["superclass_accuracy"], ns=ns).status == "right"
