@@ -9,38 +9,50 @@ from .exercises import Wrong, register
 
 
 # ---- 03 transfer learning ---------------------------------------------------------------------
-@register("03.1", "my_pooled", """
-    my_pooled = maps[last].mean(dim=(2, 3))  # [1, C, H, W] -> [1, C]
+@register("03.1", "pool", """
+    def pool(fmap):
+        return fmap.mean(dim=(2, 3))  # [1, C, H, W] -> [1, C]
+
     fmap = maps[last]
-    print(f"last stage: {tuple(fmap.shape)} -> pooled {tuple(my_pooled.shape)}: "
+    print(f"last stage: {tuple(fmap.shape)} -> pooled {tuple(pool(fmap).shape)}: "
           f"{fmap.shape[2]} x {fmap.shape[3]} positions averaged into one number per channel")
-    print(f"最后一个阶段：{tuple(fmap.shape)} -> 池化后 {tuple(my_pooled.shape)}："
+    print(f"最后一个阶段：{tuple(fmap.shape)} -> 池化后 {tuple(pool(fmap).shape)}："
           f"{fmap.shape[2]} x {fmap.shape[3]} 个位置平均成每个通道一个数")
     print("the head sees only these numbers: where in the image a pattern was is averaged away")
     print("分类头只看到这些数：某个模式出现在图像的哪个位置，已经被平均掉了")
-    """, [("my_pooled = maps[last].mean(dim=1)", "channels"),
-          ("my_pooled = maps[last].mean(dim=(2, 3))[0]", "batch"),
-          ("my_pooled = maps[last].flatten(1)", "every position")])
-def _pooled(ns, my_pooled):
-    fmap = ns["maps"][ns["last"]]
-    a = torch.as_tensor(my_pooled)
+    """, [("def pool(fmap):\n    return fmap.mean(dim=1)", "channels"),
+          ("def pool(fmap):\n    return fmap.mean(dim=(2, 3))[0]", "batch"),
+          ("def pool(fmap):\n    return fmap.flatten(1)", "every position")])
+def _pooled(ns, pool):
+    # The last stage's map, then a made-up 3 x 5 one: on smoke the last map is 1 x 1, where keeping
+    # every position and averaging them give the same numbers.
+    made_up = torch.randn(1, 6, 3, 5, generator=torch.Generator().manual_seed(0))
+    for fmap in (ns["maps"][ns["last"]], made_up):
+        _judge_pooled(fmap, torch.as_tensor(pool(fmap)))
+    c = ns["maps"][ns["last"]].shape[1]
+    return (f"{c} numbers, one per channel, from the last stage's map; a made-up 3 x 5 map pools the same way",
+            f"最后一个阶段的特征图得到 {c} 个数，每个通道一个；虚构的 3 x 5 特征图也同样池化")
+
+
+def _judge_pooled(fmap, a):
     truth = fmap.mean(dim=(2, 3))
+    where = f"on a {fmap.shape[2]} x {fmap.shape[3]} map", f"在 {fmap.shape[2]} x {fmap.shape[3]} 的特征图上"
     if a.shape == truth.shape and torch.allclose(a, truth, atol=1e-6):
-        return f"{a.shape[1]} numbers, one per channel", f"{a.shape[1]} 个数，每个通道一个"
+        return
     if a.shape == fmap.mean(dim=1).shape and torch.allclose(a, fmap.mean(dim=1), atol=1e-6):
-        raise Wrong("averaged over the channels (dim 1): one number per position; average over height and width",
-                    "这是在通道上（dim 1）求的平均：每个位置一个数；应在高和宽上求平均")
+        raise Wrong(f"{where[0]}: averaged over the channels (dim 1): one number per position; average over height and width",
+                    f"{where[1]}：这是在通道上（dim 1）求的平均：每个位置一个数；应在高和宽上求平均")
     if a.numel() == truth.numel() and torch.allclose(a.flatten(), truth.flatten(), atol=1e-6):
-        raise Wrong(f"the right numbers in shape {tuple(a.shape)}: keep the batch dimension, [1, C]",
-                    f"数值对了，但形状是 {tuple(a.shape)}：要保留批次维度，[1, C]")
+        raise Wrong(f"{where[0]}: the right numbers in shape {tuple(a.shape)}: keep the batch dimension, [1, C]",
+                    f"{where[1]}：数值对了，但形状是 {tuple(a.shape)}：要保留批次维度，[1, C]")
     if a.numel() == fmap.numel():
-        raise Wrong("that keeps every position of the map; pooling averages them away, to [1, C]",
-                    "这保留了特征图的每一个位置；池化要把它们平均掉，得到 [1, C]")
+        raise Wrong(f"{where[0]}: that keeps every position of the map; pooling averages them away, to [1, C]",
+                    f"{where[1]}：这保留了特征图的每一个位置；池化要把它们平均掉，得到 [1, C]")
     if a.shape != truth.shape:
-        raise Wrong(f"shape {tuple(a.shape)}: average the [1, C, H, W] map over dims 2 and 3, to [1, C]",
-                    f"形状是 {tuple(a.shape)}：把 [1, C, H, W] 的特征图在第 2、3 维上求平均，得到 [1, C]")
-    raise Wrong("the right shape, other numbers: a mean over height and width",
-                "形状对了，数值不对：应是在高和宽上的平均")
+        raise Wrong(f"{where[0]}: shape {tuple(a.shape)}: average the [1, C, H, W] map over dims 2 and 3, to [1, C]",
+                    f"{where[1]}：形状是 {tuple(a.shape)}：把 [1, C, H, W] 的特征图在第 2、3 维上求平均，得到 [1, C]")
+    raise Wrong(f"{where[0]}: the right shape, other numbers: a mean over height and width",
+                f"{where[1]}：形状对了，数值不对：应是在高和宽上的平均")
 
 
 @register("03.2", "nn_superclass", """

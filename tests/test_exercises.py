@@ -238,3 +238,15 @@ def test_superclass_accuracy_is_told_from_fine_accuracy_even_where_the_data_cann
     assert said.status == "wrong" and "fine-class" in said.message
     right = exercises.run_code(exercises.exercise("06.1").solution, ns)
     assert exercises.verdict("06.1", right["superclass_accuracy"], ns=ns).status == "right"
+
+
+def test_pooling_is_told_from_keeping_every_position_even_on_a_1x1_map(state):
+    """On smoke the last stage's map is 1 x 1: flattening it gives the pooled numbers, and only the
+    made-up map the check adds tells the two apart."""
+    ns = _ns_for("03.1", state)
+    ns["maps"] = {3: torch.randn(1, 8, 1, 1)}
+    flat = exercises.run_code("def pool(fmap):\n    return fmap.flatten(1)", ns)
+    said = exercises.verdict("03.1", flat["pool"], ns=ns)
+    assert said.status == "wrong" and "every position" in said.message and "3 x 5" in said.message
+    right = exercises.run_code(exercises.exercise("03.1").solution, ns)
+    assert exercises.verdict("03.1", right["pool"], ns=ns).status == "right"
