@@ -90,12 +90,16 @@ def _tta(ns, tta_accuracy):
                 f"这不是平均后的得分在全部测试集图像（共 {len(y)} 张）上的准确率")
 
 
-@register("06.3", "per_superclass", """
+@register("06.3", "per_superclass_accuracy", """
     import matplotlib.pyplot as plt
-    coarse_of = torch.tensor(test_ds.fine_to_coarse)[ev.targets]  # each test image's true superclass
-    hit = (ev.preds == ev.targets).float()
-    per_superclass = torch.stack([hit[coarse_of == s].mean() for s in range(len(test_ds.coarse_classes))])
-    counts = torch.bincount(coarse_of, minlength=len(test_ds.coarse_classes))
+
+    def per_superclass_accuracy(preds, targets):
+        coarse_of = torch.tensor(test_ds.fine_to_coarse)[targets]  # each image's true superclass
+        hit = (preds == targets).float()
+        return torch.stack([hit[coarse_of == s].mean() for s in range(len(test_ds.coarse_classes))])
+
+    per_superclass = per_superclass_accuracy(ev.preds, ev.targets)
+    counts = torch.bincount(torch.tensor(test_ds.fine_to_coarse)[ev.targets], minlength=len(test_ds.coarse_classes))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     error = (per_superclass * (1 - per_superclass) / counts).sqrt()  # one standard error
     ax.barh(test_ds.coarse_classes, per_superclass.tolist(), xerr=error.tolist(), color="tab:blue")
@@ -107,22 +111,33 @@ def _tta(ns, tta_accuracy):
           "| easiest · 最容易:", [test_ds.coarse_classes[i] for i in order[-3:].tolist()])
     print(f"about {counts.float().mean():.0f} test images per superclass: differences smaller than the bars are noise")
     print(f"每个超类约有 {counts.float().mean():.0f} 张测试集图像：比误差条还小的差异只是噪声")
-    """, [("per_superclass = torch.stack([(ev.preds == ev.targets)[ev.targets == k].float().mean() for k in range(100)])",
+    """, [("def per_superclass_accuracy(preds, targets):\n"
+           "    return torch.stack([(preds == targets)[targets == k].float().mean() for k in range(100)])",
            "20 superclasses"),
-          ("to_coarse = torch.tensor(test_ds.fine_to_coarse)\ncoarse_of = to_coarse[ev.targets]\n"
-           "per_superclass = torch.stack([(to_coarse[ev.preds] == coarse_of)[coarse_of == s].float().mean() for s in range(20)])",
+          ("def per_superclass_accuracy(preds, targets):\n    to_coarse = torch.tensor(test_ds.fine_to_coarse)\n"
+           "    coarse_of = to_coarse[targets]\n"
+           "    return torch.stack([(to_coarse[preds] == coarse_of)[coarse_of == s].float().mean() for s in range(20)])",
            "fine-class accuracy"),
-          ("coarse_of = torch.tensor(test_ds.fine_to_coarse)[ev.preds]\n"
-           "per_superclass = torch.stack([(ev.preds == ev.targets)[coarse_of == s].float().mean() for s in range(20)])",
+          ("def per_superclass_accuracy(preds, targets):\n    coarse_of = torch.tensor(test_ds.fine_to_coarse)[preds]\n"
+           "    return torch.stack([(preds == targets)[coarse_of == s].float().mean() for s in range(20)])",
            "true class")])
-def _per_superclass(ns, per_superclass):
+def _per_superclass(ns, per_superclass_accuracy):
     ev, c, ds = ns["ev"], _to_coarse(ns), ns["test_ds"]
-    n = len(ds.coarse_classes)
-    a = torch.as_tensor(per_superclass).float().flatten()
+    # The test set, then a case where superclass and fine-class accuracy part (on smoke they can agree)
+    for preds, targets in ((ev.preds, ev.targets), (_siblings(c)[ev.targets], ev.targets)):
+        _judge_per_superclass(torch.as_tensor(per_superclass_accuracy(preds, targets)).float().flatten(),
+                              preds, targets, c, len(ds.coarse_classes))
+    a = torch.as_tensor(per_superclass_accuracy(ev.preds, ev.targets)).float().flatten()
+    hardest = ds.coarse_classes[int(a.nan_to_num(2).argmin())]
+    easiest = ds.coarse_classes[int(a.nan_to_num(-1).argmax())]
+    return f"hardest: {hardest!r}; easiest: {easiest!r}", f"最难：{hardest!r}；最容易：{easiest!r}"
+
+
+def _judge_per_superclass(a, preds, targets, c, n):
     if a.numel() != n:
         raise Wrong(f"{a.numel()} numbers: one per superclass, {n} superclasses",
                     f"这里有 {a.numel()} 个数：应每个超类一个，共 {n} 个超类")
-    hit = (ev.preds == ev.targets).float()
+    hit = (preds == targets).float()
 
     def by(groups, right):
         return torch.stack([right[groups == s].mean() for s in range(n)])
@@ -130,17 +145,14 @@ def _per_superclass(ns, per_superclass):
     def same(x):
         return torch.allclose(a, x, atol=1e-6, equal_nan=True)
 
-    if same(by(c[ev.targets], hit)):
-        order = a.nan_to_num(2).argsort()
-        hardest = ds.coarse_classes[int(order[0])]
-        easiest = ds.coarse_classes[int(a.nan_to_num(-1).argmax())]
-        return f"hardest: {hardest!r}; easiest: {easiest!r}", f"最难：{hardest!r}；最容易：{easiest!r}"
-    if same(by(c[ev.targets], (c[ev.preds] == c[ev.targets]).float())):
+    if same(by(c[targets], hit)):
+        return
+    if same(by(c[targets], (c[preds] == c[targets]).float())):
         raise Wrong("that counts a prediction right when it is in the right superclass; "
                     "this asks for the fine-class accuracy, grouped by superclass",
                     "这样只要预测落在正确的超类里就算对；这里要的是细类准确率，按超类分组")
-    if same(by(c[ev.preds], hit)):
-        raise Wrong("grouped by the predicted class's superclass; group by the true class's (ev.targets)",
-                    "这是按预测类别所属的超类分组；应按真实类别所属的超类分组（ev.targets）")
-    raise Wrong("for each superclass s: the mean of (preds == targets) over the test images whose true class is in s",
-                "对每个超类 s：在真实类别属于 s 的测试集图像上，求 (preds == targets) 的均值")
+    if same(by(c[preds], hit)):
+        raise Wrong("grouped by the predicted class's superclass; group by the true class's (targets)",
+                    "这是按预测类别所属的超类分组；应按真实类别所属的超类分组（targets）")
+    raise Wrong("for each superclass s: the mean of (preds == targets) over the images whose true class is in s",
+                "对每个超类 s：在真实类别属于 s 的图像上，求 (preds == targets) 的均值")

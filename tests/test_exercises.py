@@ -250,3 +250,16 @@ def test_pooling_is_told_from_keeping_every_position_even_on_a_1x1_map(state):
     assert said.status == "wrong" and "every position" in said.message and "3 x 5" in said.message
     right = exercises.run_code(exercises.exercise("03.1").solution, ns)
     assert exercises.verdict("03.1", right["pool"], ns=ns).status == "right"
+
+
+def test_per_superclass_accuracy_is_told_from_superclass_hits_even_where_the_data_cannot(state):
+    """06.3 on smoke: with no mistake inside a superclass, grouping superclass hits gives the same bars."""
+    ns = _ns_for("06.3", state)
+    c = torch.tensor(ns["test_ds"].fine_to_coarse)
+    targets = ns["ev"].targets
+    other_superclass = torch.tensor([int((c != c[t]).nonzero()[0]) for t in targets.tolist()])
+    preds = torch.where(torch.arange(len(targets)) % 3 == 0, other_superclass, targets)
+    ns["ev"] = SimpleNamespace(preds=preds, targets=targets, accuracy=(preds == targets).float().mean().item())
+    wrong = exercises.run_code(exercises.exercise("06.3").wrongs[1][0], ns)
+    said = exercises.verdict("06.3", wrong["per_superclass_accuracy"], ns=ns)
+    assert said.status == "wrong" and "fine-class accuracy" in said.message
