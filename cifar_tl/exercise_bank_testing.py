@@ -37,8 +37,10 @@ def _siblings(c: torch.Tensor) -> torch.Tensor:
 def _superclass_accuracy(ns, superclass_accuracy):
     ev, c = ns["ev"], _to_coarse(ns)
     every = torch.arange(len(c))
-    # The test set, then a case where the two accuracies part (on smoke they can be the same number)
-    for preds, targets in ((ev.preds, ev.targets), (_siblings(c), every)):
+    # Made-up cases first, each telling one mistake apart: every image right (only a one-sided mapping
+    # misses it), every image taken for another class of its superclass (only the fine-class accuracy
+    # misses it); then the test set (on smoke superclass and fine-class accuracy can be one number).
+    for preds, targets in ((every, every), (_siblings(c), every), (ev.preds, ev.targets)):
         a = float(superclass_accuracy(preds, targets))
         if math.isclose(a, (c[preds] == c[targets]).float().mean().item(), abs_tol=1e-6):
             continue
