@@ -225,8 +225,8 @@ def verify(key: str, ns: dict) -> None:
             continue
         with _quiet():
             state = run_code(code, ns)
-            if _same(_answers_of(ex, state), right):
-                continue  # the mistake gives the right values on this data (a 1x1 map, say): not wrong here
+            assert not _same(_answers_of(ex, state), right), \
+                f"{key}: the wrong answer {code!r} gives the solution's values on this data: the check would call it right"
             said = verdict(key, *_answers_of(ex, state), ns=state)
         assert said.status == "wrong" and why in said.message, \
             f"{key}: the wrong answer {code!r} should be wrong with {why!r}, got {said}"

@@ -42,8 +42,8 @@ def state(tmp_path_factory):
     head = models.MLPHead(16, len(train_ds.classes))
     t = torch.rand(3, 8, 8)
     mean, std = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(data.IMAGENET_STD).view(3, 1, 1)
-    z = torch.randn(60, 8)
     coarse = [i % 20 for i in range(60)]
+    z = torch.randn(60, 8) + 1.5 * torch.randn(20, 8)[coarse]  # features that carry the superclass, as real ones do
     labels_fine = torch.tensor([i % 100 for i in range(60)])
 
     def nearest_neighbour_accuracy(vectors, labels):
@@ -263,3 +263,11 @@ def test_per_superclass_accuracy_is_told_from_superclass_hits_even_where_the_dat
     wrong = exercises.run_code(exercises.exercise("06.3").wrongs[1][0], ns)
     said = exercises.verdict("06.3", wrong["per_superclass_accuracy"], ns=ns)
     assert said.status == "wrong" and "fine-class accuracy" in said.message
+
+
+def test_verify_fails_when_a_known_wrong_answer_gives_the_solutions_values(state, monkeypatch):
+    """A mistake the data cannot tell from the solution would be called right in the notebook."""
+    ex = exercises.exercise("00.1")
+    monkeypatch.setattr(ex, "wrongs", [("my_speedup = fast_rate / tutorial_rate + 0.0", "divide", "")])
+    with pytest.raises(AssertionError, match="gives the solution's values"):
+        exercises.verify("00.1", state)
