@@ -223,16 +223,23 @@ def test_a_hint_and_an_answer_that_raises_are_said_in_chinese_too():
         assert not english or exercises.has_chinese(chinese), key
 
 
-def test_superclass_accuracy_is_told_from_fine_accuracy_even_where_the_data_cannot(state):
-    """On smoke the model may never take a class for another of its superclass: then both
-    accuracies are one number, and only a case the check makes up tells them apart."""
-    ns = _ns_for("06.1", state)
+def _mistakes_only_across_superclasses(ns):
+    """``ns`` with test predictions wrong for a third of the images, each into another superclass:
+    as on smoke, no class is taken for another of its own superclass."""
     c = torch.tensor(ns["test_ds"].fine_to_coarse)
     targets = ns["ev"].targets
     other_superclass = torch.tensor([int((c != c[t]).nonzero()[0]) for t in targets.tolist()])
-    preds = torch.where(torch.arange(len(targets)) % 3 == 0, other_superclass, targets)  # a third wrong, across
+    preds = torch.where(torch.arange(len(targets)) % 3 == 0, other_superclass, targets)
     ns["ev"] = SimpleNamespace(preds=preds, targets=targets, accuracy=(preds == targets).float().mean().item())
-    assert (c[preds] == c[targets]).float().mean().item() == ns["ev"].accuracy  # the data cannot tell
+    return ns
+
+
+def test_superclass_accuracy_is_told_from_fine_accuracy_even_where_the_data_cannot(state):
+    """On smoke the model may never take a class for another of its superclass: then both
+    accuracies are one number, and only a case the check makes up tells them apart."""
+    ns = _mistakes_only_across_superclasses(_ns_for("06.1", state))
+    c, ev = torch.tensor(ns["test_ds"].fine_to_coarse), ns["ev"]
+    assert (c[ev.preds] == c[ev.targets]).float().mean().item() == ev.accuracy  # the data cannot tell
     fine = exercises.run_code("def superclass_accuracy(preds, targets):\n    return (preds == targets).float().mean().item()", ns)
     said = exercises.verdict("06.1", fine["superclass_accuracy"], ns=ns)
     assert said.status == "wrong" and "fine-class" in said.message
@@ -254,12 +261,7 @@ def test_pooling_is_told_from_keeping_every_position_even_on_a_1x1_map(state):
 
 def test_per_superclass_accuracy_is_told_from_superclass_hits_even_where_the_data_cannot(state):
     """06.3 on smoke: with no mistake inside a superclass, grouping superclass hits gives the same bars."""
-    ns = _ns_for("06.3", state)
-    c = torch.tensor(ns["test_ds"].fine_to_coarse)
-    targets = ns["ev"].targets
-    other_superclass = torch.tensor([int((c != c[t]).nonzero()[0]) for t in targets.tolist()])
-    preds = torch.where(torch.arange(len(targets)) % 3 == 0, other_superclass, targets)
-    ns["ev"] = SimpleNamespace(preds=preds, targets=targets, accuracy=(preds == targets).float().mean().item())
+    ns = _mistakes_only_across_superclasses(_ns_for("06.3", state))
     wrong = exercises.run_code(exercises.exercise("06.3").wrongs[1][0], ns)
     said = exercises.verdict("06.3", wrong["per_superclass_accuracy"], ns=ns)
     assert said.status == "wrong" and "fine-class accuracy" in said.message

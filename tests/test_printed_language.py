@@ -42,22 +42,26 @@ def english_words(text: str) -> list[str]:
     return re.findall(r"\b[A-Za-z]{3,}\b", CODE_LIKE.sub(" ", text))
 
 
+def python_of(source: str) -> str:
+    """A code cell without its IPython magics and shell lines, which are not Python."""
+    return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
 def sentences(source: str):
     """(line, kind, English words, has Chinese) for each print() and tell() call of a code cell."""
-    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
-    tree = ast.parse("\n".join(lines))
-    for call in ast.walk(tree):
+    source = python_of(source)
+    for call in ast.walk(ast.parse(source)):
         if isinstance(call, ast.Call) and isinstance(call.func, (ast.Name, ast.Attribute)):
             name = call.func.id if isinstance(call.func, ast.Name) else call.func.attr
             if name in ("print", "tell"):
-                text = ast.get_source_segment("\n".join(lines), call)
+                text = ast.get_source_segment(source, call)
                 zh = literal_text(call.args[1]) if name == "tell" and len(call.args) > 1 else ""
                 yield text, name, english_words(literal_text(call)), has_chinese(zh)
 
 
 def assert_messages(source: str):
     """(text, English words, has Chinese) of each assert's message in a code cell."""
-    source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    source = python_of(source)
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Assert) and node.msg is not None:
             text = literal_text(node.msg)
